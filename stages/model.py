@@ -1,0 +1,57 @@
+"""ALL-CNN-C (Springenberg et al. 2014) with a pluggable activation and optional batch normalisation."""
+import keras
+from keras import layers
+
+# Activations that need arguments; any other name Keras knows (selu, gelu, swish, ...) works as it is.
+# Adding an activation to the study is one line here, or none.
+ACTIVATIONS = {
+    "relu": lambda m, **kw: layers.ReLU(**kw),
+    "lrelu": lambda m, **kw: layers.LeakyReLU(negative_slope=m["lrelu_slope"], **kw),
+    # one learned slope per channel, shared over H and W; PReLU's alpha has no regulariser (no weight decay)
+    "prelu": lambda m, **kw: layers.PReLU(keras.initializers.Constant(m["prelu_init"]), shared_axes=[1, 2], **kw),
+    "elu": lambda m, **kw: layers.ELU(**kw),
+}
+_NOT_ACTIVATIONS = {"get", "serialize", "deserialize", "linear", "softmax", "log_softmax"}
+
+
+def activation_names():
+    keras_names = [n for n in dir(keras.activations) if not n.startswith("_") and n not in _NOT_ACTIVATIONS]
+    return sorted(set(ACTIVATIONS) | set(keras_names))
+
+
+def make_activation(activation, model_params, **kw):
+    if activation not in activation_names():
+        raise ValueError(f"unknown activation {activation!r}; valid: {', '.join(activation_names())}")
+    known = ACTIVATIONS.get(activation)
+    return known(model_params, **kw) if known else layers.Activation(activation, **kw)
+
+
+def make_net(num_classes, activation, batch_norm, model_params, weight_decay, mean, variance):
+    """ALL-CNN-C. Input: (N, 32, 32, 3) uint8-valued floats; output: (N, num_classes) softmax, float32.
+
+    mean/variance: per-channel statistics of the training split, so the saved model takes raw pixels.
+    weight_decay: Caffe-style coefficient lambda (gradient += lambda * w), i.e. an L2 loss of lambda / 2.
+    """
+    c1, c2 = round(96 * model_params["width"]), round(192 * model_params["width"])
+    # (filters, kernel, stride, padding); "drop" = dropout 0.5 after each stride-2 conv
+    spec = [(c1, 3, 1, "same"), (c1, 3, 1, "same"), (c1, 3, 2, "same"), "drop",  # 32x32 -> 16x16
+            (c2, 3, 1, "same"), (c2, 3, 1, "same"), (c2, 3, 2, "same"), "drop",  # 16x16 -> 8x8
+            (c2, 3, 1, "valid"), (c2, 1, 1, "valid"), (num_classes, 1, 1, "valid")]  # 8x8 -> 6x6
+    inputs = keras.Input((32, 32, 3), name="pixels")
+    x = layers.Normalization(mean=mean, variance=variance, name="standardise")(inputs)
+    x = layers.Dropout(model_params["dropout_input"], name="drop_input")(x)
+    n = 0
+    for item in spec:
+        if item == "drop":
+            x = layers.Dropout(model_params["dropout_hidden"], name=f"drop{n}")(x)
+            continue
+        filters, kernel, stride, padding = item
+        n += 1
+        x = layers.Conv2D(filters, kernel, stride, padding, use_bias=not batch_norm, name=f"conv{n}",
+                          kernel_regularizer=keras.regularizers.L2(weight_decay / 2))(x)
+        if batch_norm:
+            x = layers.BatchNormalization(name=f"bn{n}")(x)
+        x = make_activation(activation, model_params, name=f"act{n}")(x)
+    x = layers.GlobalAveragePooling2D(name="pool")(x)  # (N, 6, 6, classes) -> (N, classes)
+    outputs = layers.Activation("softmax", dtype="float32", name="softmax")(x)
+    return keras.Model(inputs, outputs, name=f"allcnnc_{activation}{'_bn' if batch_norm else ''}")

@@ -1,0 +1,186 @@
+"""params.yaml, loaded and checked once for every stage: `python -m stages.params` checks it alone.
+
+Every key is validated up front, before any download or training: unknown or misspelt keys, wrong types,
+sizes <= 0, unknown activations or datasets, and names that would reach a shell (stage names, file names
+and stage commands are built from grid values, so those must be plain identifiers).
+"""
+import difflib
+import re
+import sys
+from pathlib import Path
+
+import yaml
+
+PARAMS = Path("params.yaml")
+CHECKED = Path("data/params.ok")  # the check stage's output: every later stage runs after the check
+DATASETS = ("cifar10", "cifar100")
+NAME = re.compile(r"[a-z][a-z0-9_]{0,31}")  # what may appear in a stage name, a path or a shell command
+
+
+class UserError(Exception):
+    """Bad input: reported as one line that names the file or parameter and the fix."""
+
+
+def cli(main):
+    """Runs a stage's main(); a UserError becomes one line on stderr and exit status 2."""
+    try:
+        main()
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+
+
+# --- value checks: each returns None when the value is fine, else what is allowed --------------------------
+
+def _int(lo):
+    return lambda v: None if type(v) is int and v >= lo else f"an integer >= {lo}"
+
+
+def _num(lo, hi, lo_open=False):
+    def check(v):
+        ok = type(v) in (int, float) and (v > lo if lo_open else v >= lo) and v <= hi
+        return None if ok else f"a number in {'(' if lo_open else '['}{lo}, {hi}]"
+    return check
+
+
+def _one_of(*choices):
+    return lambda v: None if v in choices else "one of " + ", ".join(map(str, choices))
+
+
+def _bool(v):
+    return None if type(v) is bool else "true or false"
+
+
+def _optional(check):
+    return lambda v: None if v is None else check(v)
+
+
+def _activation(v):
+    if not (isinstance(v, str) and NAME.fullmatch(v)):
+        return "a lower-case name of letters, digits and _ (it becomes part of stage names and paths)"
+    from stages.model import activation_names  # imports Keras: only when there is an activation to check
+    return None if v in activation_names() else "one of " + ", ".join(activation_names())
+
+
+def _list_of(check):
+    def check_list(v):
+        if not isinstance(v, list) or not v:
+            return "a non-empty list"
+        if len(set(map(repr, v))) != len(v):
+            return "a list without repeated values"
+        bad = [(x, check(x)) for x in v if check(x)]
+        return f"a list whose items are each {bad[0][1]} ({bad[0][0]!r} is not)" if bad else None
+    return check_list
+
+
+def _md5(v):
+    return None if v is None or (isinstance(v, str) and re.fullmatch(r"[0-9a-f]{32}", v)) else \
+        "32 lower-case hex digits, or null to skip the check"
+
+
+def _url(v):
+    return None if isinstance(v, str) and v.strip() else "an http(s):// or file:// URL, or a local path"
+
+
+def _fractions(v):
+    ok = isinstance(v, list) and all(type(x) in (int, float) and 0 < x < 1 for x in v) and v == sorted(v)
+    return None if ok else "an increasing list of fractions of training in (0, 1)"
+
+
+_DATA = {"url": _url, "md5": _md5}
+SCHEMA = {
+    "dataset": _one_of(*DATASETS),
+    "activation": _activation,
+    "batch_norm": _bool,
+    "grid": {
+        "dataset": _list_of(_one_of(*DATASETS)),
+        "activation": _list_of(_activation),
+        "batch_norm": _list_of(_bool),
+        "seed": _list_of(_int(0)),
+    },
+    "data": {"cifar10": _DATA, "cifar100": {**_DATA, "labels": _one_of("fine", "coarse")}},
+    "model": {
+        "width": _num(0, 16, lo_open=True),
+        "dropout_input": _num(0, 0.99),
+        "dropout_hidden": _num(0, 0.99),
+        "lrelu_slope": _num(0, 1),
+        "prelu_init": _num(0, 1),
+    },
+    "train": {
+        "seed": _int(0),
+        "epochs": _int(1),
+        "batch_size": _int(1),
+        "optimizer": _one_of("sgd", "adam"),
+        "learning_rate": _num(0, 100, lo_open=True),
+        "momentum": _num(0, 0.999),
+        "weight_decay": _num(0, 1),
+        "lr_schedule": _one_of("step", "cosine", "constant"),
+        "lr_drops": _fractions,
+        "lr_gamma": _num(0, 1, lo_open=True),
+        "augment": _bool,
+        "precision": _one_of("auto", "float32", "mixed_bfloat16", "mixed_float16"),
+        "limit": _optional(_int(1)),
+        "validation": _int(0),
+        "probe_images": _int(1),
+    },
+    "evaluate": {"batch_size": _int(1)},
+}
+
+
+def _validate(schema, values, prefix, errors):
+    if not isinstance(values, dict):
+        errors.append(f"{prefix.rstrip('.')}: must be a mapping of {', '.join(schema)}")
+        return
+    for key in values:
+        if key not in schema:
+            close = difflib.get_close_matches(str(key), list(schema), n=1)
+            hint = f"did you mean {prefix}{close[0]}?" if close else "allowed: " + ", ".join(schema)
+            errors.append(f"{prefix}{key}: unknown key; {hint}")
+    for key, check in schema.items():
+        if key not in values:
+            errors.append(f"{prefix}{key}: missing; see the README's params.yaml section")
+        elif isinstance(check, dict):
+            _validate(check, values[key], f"{prefix}{key}.", errors)
+        elif (allowed := check(values[key])) is not None:
+            errors.append(f"{prefix}{key} = {values[key]!r}: must be {allowed}")
+
+
+def validate(params):
+    """All the problems in params, one line each (an empty list when it is fine)."""
+    errors = []
+    _validate(SCHEMA, params, "", errors)
+    if not errors:
+        if params["dataset"] not in params["grid"]["dataset"]:
+            errors.append(f"dataset = {params['dataset']!r}: must be one of grid.dataset "
+                          f"{params['grid']['dataset']} (its prepare stage comes from the grid)")
+        if params["train"]["validation"] >= (params["train"]["limit"] or 50000):
+            errors.append(f"train.validation = {params['train']['validation']}: must be smaller than the "
+                          f"training images (train.limit = {params['train']['limit']})")
+    return errors
+
+
+def load(path=PARAMS):
+    """params.yaml as a dict, after every check has passed."""
+    try:
+        params = yaml.safe_load(Path(path).read_text())
+    except (OSError, yaml.YAMLError) as e:
+        raise UserError(f"{path}: cannot be read as YAML ({e})")
+    errors = validate(params if params is not None else {})
+    if errors:
+        raise UserError(f"{path}: " + f"\nerror: {path}: ".join(errors))
+    return params
+
+
+def main():
+    params = load()
+    from stages.outputs import atomic_path
+    with atomic_path(CHECKED) as tmp:  # constant content: later stages depend on the check, not on its text
+        tmp.write_text("params.yaml passed stages/params.py\n")
+    n = len(params["grid"]["dataset"]) * len(params["grid"]["activation"]) * \
+        len(params["grid"]["batch_norm"]) * len(params["grid"]["seed"])
+    print(f"{PARAMS}: valid; grid of {n} models plus the experiment's own "
+          f"({params['dataset']}, {params['activation']}, batch_norm={params['batch_norm']})")
+
+
+if __name__ == "__main__":
+    cli(main)
