@@ -77,7 +77,13 @@ class Archive:
                 if not (m.isfile() or m.isdir()):
                     raise UserError(f"{path}: refused member {name!r}: links and devices are not allowed")
                 if m.isfile():
+                    if name.removeprefix("./") in self.sizes:
+                        raise UserError(f"{path}: refused member {name!r}: it appears more than once")
                     self.sizes[name.removeprefix("./")] = m.size
+            # tarfile stops quietly at a garbled header and never reads a gzip trailer: read on to the end,
+            # so that a bad CRC or a cut file is an error here
+            while self._guard(tar.fileobj.read, 1 << 20):
+                pass
 
     def _open(self, mode):
         return self._guard(tarfile.open, self.path, mode)
@@ -86,7 +92,8 @@ class Archive:
         try:
             return fn(*args)
         except (tarfile.TarError, EOFError, OSError, zlib.error) as e:
-            raise UserError(f"{self.path}: not a readable tar archive ({e}); delete it and download it again")
+            raise UserError(f"{self.path}: not a readable tar archive ({' '.join(str(e).split())}); "
+                            f"delete it and download it again")
 
     def stream(self, names):
         """Yields (name, bytes) for the wanted members, in archive order (pass 2: no seeking back in gzip)."""
@@ -132,7 +139,10 @@ def _unpickle(path, member, raw, *keys):
 
 def _decode_python(path, member, raw, label_key):
     x, y = _unpickle(path, member, raw, b"data", label_key)
-    return np.asarray(x), np.asarray(y, dtype=np.int64)
+    try:
+        return np.asarray(x), np.asarray(y, dtype=np.int64)
+    except (TypeError, ValueError, OverflowError) as e:
+        raise UserError(f"{path}: {member}: labels must be a list of integers ({type(e).__name__}: {e})")
 
 
 def _decode_binary(path, member, raw, label_offset, label_bytes):
@@ -165,8 +175,9 @@ def read(path, dataset, labels="fine"):
     split_of = {m: split for split in ("train", "test") for m in layout[split]}
     # Preallocated from the members' sizes (an upper bound: each image takes >= 3072 bytes), so the peak
     # memory is the arrays plus one member, not the arrays twice.
-    xs = {s: np.empty((sum(archive.sizes[m] for m in layout[s]) // PIXELS, 32, 32, 3), np.uint8) for s in SPLITS}
-    ys = {s: [] for s in SPLITS}
+    xs = {s: np.empty((sum(archive.sizes.get(m, 0) for m in layout[s]) // PIXELS, 32, 32, 3), np.uint8)
+          for s in SPLITS}
+    ys, blocks = {s: [] for s in SPLITS}, {s: [] for s in SPLITS}
     filled = dict.fromkeys(SPLITS, 0)
     classes = None
     for member, raw in archive.stream(set(split_of) | {meta}):
@@ -179,7 +190,15 @@ def read(path, dataset, labels="fine"):
         split, n = split_of[member], filled[split_of[member]]
         xs[split][n:n + len(x)] = x.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1)  # R,G,B planes -> NHWC
         ys[split].append(y)
+        blocks[split].append((layout[split].index(member), n, len(x)))
         filled[split] += len(x)
     if len(classes) != num_classes:
         raise UserError(f"{path}: {meta}: {len(classes)} class names, expected {num_classes}")
-    return {s: (xs[s][:filled[s]], np.concatenate(ys[s])) for s in SPLITS}, classes
+    splits = {}
+    for s in SPLITS:
+        x, y = xs[s][:filled[s]], np.concatenate(ys[s])
+        if blocks[s] != sorted(blocks[s]):  # members tarred out of order: the same images in the official order
+            rows = np.concatenate([np.arange(n, n + k) for _, n, k in sorted(blocks[s])])
+            x, y = x[rows], y[rows]
+        splits[s] = x, y
+    return splits, classes
