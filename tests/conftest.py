@@ -64,17 +64,17 @@ def make_project(dest, archive, params=None):
     (dvclive's Live() needs one)."""
     dest = Path(dest)
     dest.mkdir(parents=True, exist_ok=True)
+    git("init", "-q", cwd=dest)
+    dvc("init", "-q", cwd=dest)  # first: `dvc init` would not keep the project's own .dvc/ files
     for f in PROJECT_FILES:
         src = ROOT / f
         (dest / f).parent.mkdir(parents=True, exist_ok=True)
         if src.is_dir():
-            shutil.copytree(src, dest / f, ignore=shutil.ignore_patterns("__pycache__"))
+            shutil.copytree(src, dest / f, ignore=shutil.ignore_patterns("__pycache__"), dirs_exist_ok=True)
         else:
             shutil.copy(src, dest / f)
     set_params(dest, **merge(merge({}, TINY), params or {}),
                data={"cifar10": {"url": str(archive), "md5": md5(archive)}})
-    git("init", "-q", cwd=dest)
-    dvc("init", "-q", "--force", cwd=dest)  # .dvc/config and .dvc/plots were copied in already
     git("add", "-A", cwd=dest)
     git("commit", "-qm", "project", cwd=dest)
     return dest
