@@ -2,6 +2,7 @@
 so a killed stage never leaves a half-written file that looks finished."""
 import contextlib
 import json
+import math
 import os
 import shutil
 import tempfile
@@ -25,7 +26,17 @@ def atomic_path(final, directory=False):
         shutil.rmtree(tmp, ignore_errors=True)
 
 
+def _finite(o):
+    if isinstance(o, dict):
+        return {k: _finite(v) for k, v in o.items()}
+    if isinstance(o, list):
+        return [_finite(v) for v in o]
+    return None if isinstance(o, float) and not math.isfinite(o) else o
+
+
 def write_json(path, obj):
-    """obj as indented JSON; numpy scalars become plain numbers."""
+    """obj as indented JSON; numpy scalars become plain numbers, NaN and infinities null (they are not JSON:
+    e.g. the seconds per epoch of a variant whose every run diverged in its first epoch)."""
+    plain = _finite(json.loads(json.dumps(obj, default=lambda o: o.item())))
     with atomic_path(path) as tmp:
-        tmp.write_text(json.dumps(obj, indent=2, default=lambda o: o.item()) + "\n")
+        tmp.write_text(json.dumps(plain, indent=2, allow_nan=False) + "\n")

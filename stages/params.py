@@ -129,7 +129,7 @@ SCHEMA = {
 
 def _validate(schema, values, prefix, errors):
     if not isinstance(values, dict):
-        errors.append(f"{prefix.rstrip('.')}: must be a mapping of {', '.join(schema)}")
+        errors.append(f"{prefix.rstrip('.') or 'top level'} = {values!r}: must be a mapping of {', '.join(schema)}")
         return
     for key in values:
         if key not in schema:
@@ -164,7 +164,9 @@ def load(path=PARAMS):
     try:
         params = yaml.safe_load(Path(path).read_text())
     except (OSError, yaml.YAMLError) as e:
-        raise UserError(f"{path}: cannot be read as YAML ({e})")
+        mark = getattr(e, "problem_mark", None)  # one line: PyYAML's own message spans several
+        raise UserError(f"{path}: cannot be read as YAML (" + (f"line {mark.line + 1}, column {mark.column + 1}: "
+                        f"{e.problem})" if mark else f"{' '.join(str(e).split())})"))
     errors = validate(params if params is not None else {})
     if errors:
         raise UserError(f"{path}: " + f"\nerror: {path}: ".join(errors))

@@ -63,7 +63,7 @@ def choose_precision(precision, tf):
 
 
 def lr_schedule(t, steps, keras):
-    lr, total = t["learning_rate"], steps * t["epochs"]
+    lr, total = float(t["learning_rate"]), steps * t["epochs"]  # Keras refuses a YAML integer (1)
     if t["lr_schedule"] == "step":
         bounds = [int(f * total) for f in t["lr_drops"]]
         return keras.optimizers.schedules.PiecewiseConstantDecay(
@@ -160,7 +160,7 @@ def main():
     with strategy.scope():
         model = make_net(len(classes), a.activation, batch_norm, m, t["weight_decay"], mean, var)
         lr = lr_schedule(t, steps, keras)
-        opt = keras.optimizers.SGD(lr, momentum=t["momentum"]) if t["optimizer"] == "sgd" \
+        opt = keras.optimizers.SGD(lr, momentum=float(t["momentum"])) if t["optimizer"] == "sgd" \
             else keras.optimizers.Adam(lr)
         model.compile(opt, "sparse_categorical_crossentropy", metrics=["accuracy"])
         model.optimizer.build(model.trainable_variables)  # its variables must exist to be restored
