@@ -76,7 +76,7 @@ def summarise(df):
         "n": g.size(), "test_error_mean": g.test_error.mean(), "test_error_std": g.test_error.std(ddof=1),
         "test_loss_mean": g.test_loss.mean(), "seconds_per_epoch": g.seconds_per_epoch.mean(),
         "train_seconds": g.train_seconds.mean(), "diverged": g.diverged.sum().astype(int),
-        "activation": g.activation.first(), "batch_norm": g.batch_norm.first()}).fillna({"test_error_std": 0.0})
+        "activation": g.activation.first(), "batch_norm": g.batch_norm.first()})  # std: NaN (null) for one seed
     s = s.sort_values("test_error_mean")
     s.insert(0, "rank", range(1, len(s) + 1))
     ranking = list(s.index)
@@ -109,7 +109,7 @@ def plot_curves(c, path):
 
 def plot_error_and_speed(s, path):
     fig, (a1, a2) = plt.subplots(1, 2, figsize=(12, 4.5))
-    a1.bar(s.index, s.test_error_mean, yerr=s.test_error_std, capsize=4, color="tab:blue")
+    a1.bar(s.index, s.test_error_mean, yerr=s.test_error_std.fillna(0), capsize=4, color="tab:blue")
     a1.set(ylabel="test error", title=f"test error, mean ± std over seeds (n = {s.n.min()}..{s.n.max()})")
     a1.tick_params(axis="x", rotation=45)
     a2.scatter(s.seconds_per_epoch, 1 - s.test_error_mean)
@@ -148,7 +148,8 @@ def markdown(ds, s, tests, bn_cost, c):
     lines = [f"## {ds}", "", "| rank | variant | test error (mean ± std) | n | test loss | s/epoch | mean activation,"
              " last epoch | diverged |", "|---:|---|---|---:|---:|---:|---:|---:|"]
     for v, r in s.iterrows():
-        lines.append(f"| {r['rank']} | {v} | {r.test_error_mean:.4f} ± {r.test_error_std:.4f} | {r.n} | "
+        spread = f" ± {r.test_error_std:.4f}" if r.n > 1 else ""
+        lines.append(f"| {r['rank']} | {v} | {r.test_error_mean:.4f}{spread} | {r.n} | "
                      f"{r.test_loss_mean:.3f} | {r.seconds_per_epoch:.1f} | {last.get(v, float('nan')):+.3f} | "
                      f"{r.diverged} |")
     lines += ["", "Ranking: " + " > ".join(s.index), ""]
