@@ -102,6 +102,12 @@ def _sha256(path):
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
+def seed_states(model):
+    """The Dropout layers' random-number states. save_weights() leaves them out, yet a resumed run needs them
+    to draw the masks an uninterrupted run would draw; the checkpoint keeps them in its history.json."""
+    return [v for v in model.variables if v.name == "seed_generator_state"]
+
+
 def latest_checkpoint(ckpt_dir, fingerprint):
     """(epoch, weights path, history) of the newest intact checkpoint made with this exact configuration."""
     config = ckpt_dir / "config.json"
@@ -170,7 +176,10 @@ def main():
                    "precision": precision, "data_sha256": _sha256(data_dir / "train.npz")}
     start, weights, history = latest_checkpoint(out["ckpt"], fingerprint)
     if weights:
-        model.load_weights(weights)  # model, optimizer (momentum, step count) and dropout RNG state
+        model.load_weights(weights)  # model and optimizer (momentum, step count)
+        states = json.loads((weights.parent / "history.json").read_text()).get("seed_states")
+        for v, value in zip(seed_states(model), states or [], strict=states is not None):
+            v.assign(np.array(value, dtype=v.dtype))  # and the dropout masks' RNG state
         print(f"resuming {out['model']} after epoch {start} from {weights}")
     out["ckpt"].mkdir(parents=True, exist_ok=True)
     write_json(out["ckpt"] / "config.json", fingerprint)
@@ -200,7 +209,8 @@ def main():
             with atomic_path(out["ckpt"] / f"epoch-{epoch + 1:04d}", directory=True) as d:
                 self.model.save_weights(d / "model.weights.h5")
                 (d / "history.json").write_text(json.dumps(
-                    {"epoch": epoch + 1, "weights_sha256": _sha256(d / "model.weights.h5"), "history": history}))
+                    {"epoch": epoch + 1, "weights_sha256": _sha256(d / "model.weights.h5"), "history": history,
+                     "seed_states": [keras.ops.convert_to_numpy(v).tolist() for v in seed_states(self.model)]}))
             state["good_weights"] = out["ckpt"] / f"epoch-{epoch + 1:04d}" / "model.weights.h5"
             for old in sorted(out["ckpt"].glob("epoch-*"))[:-2]:  # keep two: one may be damaged later
                 shutil.rmtree(old)
