@@ -3,30 +3,19 @@
 Outputs: metrics/<...>.json, flat headline keys that `dvc metrics show` reads as a table;
 results/<...>.json, the detail (per-class accuracy, confusion matrix).
 """
-import argparse
 import json
 import time
-from pathlib import Path
 
 import numpy as np
 
 from stages.outputs import write_json
-from stages.params import DATASETS, UserError, cli, load
-from stages.train import load_split, paths
+from stages.params import UserError, cli, load
+from stages.train import entry, load_split
 
 
 def main():
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("dataset", choices=DATASETS)
-    ap.add_argument("activation")
-    ap.add_argument("batch_norm", choices=["true", "false", "True", "False"])
-    ap.add_argument("seed", type=int)
-    ap.add_argument("--experiment", action="store_true")
-    a = ap.parse_args()
+    _, out, data_dir, classes = entry(__doc__.splitlines()[0])
     batch_size = load()["evaluate"]["batch_size"]
-    out = paths(a.dataset, a.activation, a.batch_norm.lower() == "true", a.seed, a.experiment)
-    data_dir = Path("data/prepared", a.dataset)
-    classes = json.loads((data_dir / "classes.json").read_text())
     x, y = load_split(data_dir / "test.npz", len(classes))
     summary = json.loads(out["summary"].read_text())
 

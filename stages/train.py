@@ -125,22 +125,29 @@ def latest_checkpoint(ckpt_dir, fingerprint):
     return 0, None, []
 
 
-def main():
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def entry(description):
+    """The command line of train and evaluate: one grid entry, or --experiment for the experiment's own model.
+    Returns the parsed arguments, the entry's paths(), and the prepared data's folder and class names."""
+    ap = argparse.ArgumentParser(description=description)
     ap.add_argument("dataset", choices=DATASETS)
     ap.add_argument("activation")
-    ap.add_argument("batch_norm", choices=["true", "false", "True", "False"])
+    ap.add_argument("batch_norm", choices=["true", "false", "True", "False"])  # DVC writes Python's True/False
     ap.add_argument("seed", type=int)
     ap.add_argument("--experiment", action="store_true", help="the experiment's own model (fixed file names)")
     a = ap.parse_args()
-    batch_norm = a.batch_norm.lower() == "true"
-    params = load()
     if not NAME.fullmatch(a.activation):
         raise UserError(f"activation {a.activation!r}: must be a plain lower-case name")
-    m, t = params["model"], params["train"]
-    out = paths(a.dataset, a.activation, batch_norm, a.seed, a.experiment)
+    a.batch_norm = a.batch_norm.lower() == "true"
     data_dir = Path("data/prepared", a.dataset)
     classes = json.loads((data_dir / "classes.json").read_text())
+    return a, paths(a.dataset, a.activation, a.batch_norm, a.seed, a.experiment), data_dir, classes
+
+
+def main():
+    a, out, data_dir, classes = entry(__doc__.splitlines()[0])
+    batch_norm = a.batch_norm
+    params = load()
+    m, t = params["model"], params["train"]
     x_all, y_all = load_split(data_dir / "train.npz", len(classes))
     tr, va = balanced_split(y_all, len(classes), t["validation"], t["limit"])
 
