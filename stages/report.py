@@ -179,8 +179,9 @@ def main():
         for ds in grid["dataset"]:
             d, c = df[df.dataset == ds], curves[curves.dataset == ds]
             s, ranking, tests, bn_cost = summarise(d)
-            summary[ds] = {"ranking": ranking, "variants": s.drop(columns=["activation", "batch_norm"])
-                           .to_dict(orient="index"), "paired_tests": tests, "bn_cost": bn_cost}
+            # dicts, not lists: `dvc metrics show` drops lists (the ranking is each variant's "rank")
+            summary[ds] = {"variants": s.drop(columns=["activation", "batch_norm"]).to_dict(orient="index"),
+                           "paired_tests": {f"{t['better']} vs {t['worse']}": t for t in tests}, "bn_cost": bn_cost}
             c.drop(columns="dataset").to_csv(cur / f"{ds}.tsv", sep="\t", index=False)
             plot_curves(c, rep / f"{ds}_curves.png")
             plot_error_and_speed(s, rep / f"{ds}_test_error.png")

@@ -154,7 +154,7 @@ def test_rerun_completes_the_study_and_leaves_no_temporary_files(killed):
     assert killed["out"].count("training models/") == 1
     for entry in ("relu-false-0", "elu-false-0"):
         assert strict_json(repo / f"metrics/grid/cifar10/{entry}.json")["epochs"] == EPOCHS
-    assert set(strict_json(repo / "metrics/summary.json")["cifar10"]["ranking"]) == {"relu", "elu"}
+    assert set(strict_json(repo / "metrics/summary.json")["cifar10"]["variants"]) == {"relu", "elu"}
     assert leftovers(repo) == []
     assert dvc("status", "--json", "report", cwd=repo).stdout.strip().splitlines()[-1] == "{}"
 

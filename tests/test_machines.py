@@ -88,5 +88,5 @@ def test_two_machines_train_at_once_and_a_third_reproduces_without_training(tmp_
     assert {m: md5(c / m) for m in MODELS} == pushed  # the pushed models, evaluated as they are
     assert {k: v for k, v in lock(c).items() if k.startswith("train")} == trained
     summary = json.loads((c / "metrics/summary.json").read_text())["cifar10"]
-    assert sorted(summary["ranking"]) == ["elu", "relu"]
+    assert sorted(summary["variants"]) == ["elu", "relu"]
     assert "up to date" in dvc("repro", cwd=c).stdout
