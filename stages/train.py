@@ -139,6 +139,8 @@ def entry(description):
         raise UserError(f"activation {a.activation!r}: must be a plain lower-case name")
     a.batch_norm = a.batch_norm.lower() == "true"
     data_dir = Path("data/prepared", a.dataset)
+    if not (data_dir / "classes.json").is_file():
+        raise UserError(f"{data_dir}/classes.json: missing; prepare the data first: dvc repro prepare@{a.dataset}")
     classes = json.loads((data_dir / "classes.json").read_text())
     return a, paths(a.dataset, a.activation, a.batch_norm, a.seed, a.experiment), data_dir, classes
 

@@ -17,7 +17,7 @@ import pytest
 
 from stages.train import paths
 from tests.archives import write_cifar
-from tests.conftest import ENV, dvc, make_project, run, set_params
+from tests.conftest import ENV, ROOT, dvc, make_project, run, set_params
 
 ENTRY = ("cifar10", "elu", "false", "0")
 OUT = paths("cifar10", "elu", False, 0)
@@ -182,3 +182,13 @@ def test_adding_an_activation_trains_only_the_new_entries(tmp_path, cifar10_arch
     assert "Running stage 'evaluate@cifar10-relu-False-0'" not in output
     assert "Running stage 'prepare@cifar10'" not in output
     assert (repo / paths("cifar10", "elu", False, 0)["metrics"]).exists()
+
+
+def test_train_before_prepare_says_what_to_run(tmp_path):
+    for f in ("stages", "params.yaml"):
+        (shutil.copytree if (ROOT / f).is_dir() else shutil.copy)(ROOT / f, tmp_path / f)
+    p = run([sys.executable, "-m", "stages.train", "cifar10", "relu", "false", "0"], tmp_path, check=False)
+    assert p.returncode == 2
+    errors = [line for line in p.stdout.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "dvc repro prepare@cifar10" in errors[0]
+    assert not (tmp_path / "models").exists() and not (tmp_path / "checkpoints").exists()
