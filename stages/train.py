@@ -147,7 +147,6 @@ def entry(description):
 
 def main():
     a, out, data_dir, classes = entry(__doc__.splitlines()[0])
-    batch_norm = a.batch_norm
     params = load()
     m, t = params["model"], params["train"]
     x_all, y_all = load_split(data_dir / "train.npz", len(classes))
@@ -173,7 +172,7 @@ def main():
     if steps == 0:
         raise UserError(f"train.batch_size = {t['batch_size']}: larger than the {len(tr)} training images")
     with strategy.scope():
-        model = make_net(len(classes), a.activation, batch_norm, m, t["weight_decay"], mean, var)
+        model = make_net(len(classes), a.activation, a.batch_norm, m, t["weight_decay"], mean, var)
         lr = lr_schedule(t, steps, keras)
         opt = keras.optimizers.SGD(lr, momentum=float(t["momentum"])) if t["optimizer"] == "sgd" \
             else keras.optimizers.Adam(lr)
@@ -181,7 +180,7 @@ def main():
         model.optimizer.build(model.trainable_variables)  # its variables must exist to be restored
 
     fingerprint = {"model": m, "train": {k: v for k, v in t.items() if k != "seed"}, "seed": a.seed,
-                   "dataset": a.dataset, "activation": a.activation, "batch_norm": batch_norm,
+                   "dataset": a.dataset, "activation": a.activation, "batch_norm": a.batch_norm,
                    "precision": precision, "data_sha256": _sha256(data_dir / "train.npz")}
     start, weights, history = latest_checkpoint(out["ckpt"], fingerprint)
     if weights:
@@ -233,7 +232,7 @@ def main():
         to_live.on_epoch_end(e, logs)
     t0 = time.perf_counter()
     if start < t["epochs"]:
-        print(f"training {out['model']}: {a.dataset}, {a.activation}, batch_norm={batch_norm}, seed={a.seed}, "
+        print(f"training {out['model']}: {a.dataset}, {a.activation}, batch_norm={a.batch_norm}, seed={a.seed}, "
               f"{len(tr)} train / {len(va)} validation images, {precision}, epochs {start + 1}..{t['epochs']}")
         val = (x_all[va].astype("float32"), y_all[va]) if len(va) else None
         model.fit(input_pipeline(x_tr, y_tr, t["batch_size"], a.seed, t["augment"], tf, start),
@@ -247,12 +246,12 @@ def main():
             model.load_weights(state["good_weights"])
         else:  # diverged in the first epoch: the model as initialised
             keras.utils.set_random_seed(a.seed)
-            model = make_net(len(classes), a.activation, batch_norm, m, t["weight_decay"], mean, var)
+            model = make_net(len(classes), a.activation, a.batch_norm, m, t["weight_decay"], mean, var)
     with atomic_path(out["model"]) as tmp:
         model.save(tmp, include_optimizer=False)
     seconds = [h["seconds"] for h in history]
     write_json(out["summary"], {
-        "dataset": a.dataset, "activation": a.activation, "batch_norm": batch_norm, "seed": a.seed,
+        "dataset": a.dataset, "activation": a.activation, "batch_norm": a.batch_norm, "seed": a.seed,
         "epochs": t["epochs"], "epochs_completed": len(history), "diverged": bool(state["diverged_epoch"]),
         "diverged_epoch": state["diverged_epoch"], "train_images": int(len(tr)), "validation_images": int(len(va)),
         "precision": precision, "parameters": int(model.count_params()), "train_seconds": float(sum(seconds)),
