@@ -1,8 +1,9 @@
-"""report: rank the grid's variants per dataset, with error bars, paired tests, BN's cost and bias shift.
+"""report: rank the grid's variants per dataset, say which neighbours the data can tell apart, BN's cost, bias shift.
 
 Reads only the entries in the current params.yaml grid (old files of removed entries are ignored).
-Outputs: metrics/summary.json; reports/report.md, a table a person reads; reports/<dataset>_*.png;
-plots/curves/<dataset>.tsv, the curves of every variant in one file for `dvc plots`.
+Outputs: metrics/summary.json; reports/report.md, a table a person reads; plots/figures/<dataset>_*.png, the
+figures (image plots: `dvc plots diff` shows two revisions side by side); plots/curves/<dataset>.tsv, the curves
+of every variant in one file for `dvc plots`. Every figure and the report state the configuration behind them.
 """
 import itertools
 import json
@@ -19,8 +20,11 @@ from stages.train import paths
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 
-REPORTS, CURVES = Path("reports"), Path("plots/curves")
+REPORT, FIGURES, CURVES = Path("reports/report.md"), Path("plots/figures"), Path("plots/curves")
+ALPHA = 0.05  # neighbours whose test gives p < ALPHA are called distinguishable
+LEVEL = 0.95  # confidence level of the error bars
 
 
 def label(activation, batch_norm):
@@ -40,17 +44,25 @@ def read_curves(live_dir):
 
 
 def collect(grid):
-    """One row per trained model of the current grid, and one curves frame."""
-    rows, curves = [], []
+    """One row per trained model of the current grid, one curves frame, and which test images each model got
+    right ({(dataset, variant, seed): bool array}, in test-set order) where its results file lists them."""
+    rows, curves, correct = [], [], {}
     for ds, act, bn, seed in itertools.product(*(grid[k] for k in ("dataset", "activation", "batch_norm", "seed"))):
-        p = paths(ds, act, bn, seed)
-        m = json.loads(p["metrics"].read_text())
-        rows.append({"dataset": ds, "variant": label(act, bn), "activation": act, "batch_norm": bn, "seed": seed, **m})
+        p, v = paths(ds, act, bn, seed), label(act, bn)
+        m, r = json.loads(p["metrics"].read_text()), json.loads(p["results"].read_text())
+        summary = json.loads(p["summary"].read_text())
+        confusion = np.asarray(r["confusion"])
+        rows.append({"dataset": ds, "variant": v, "activation": act, "batch_norm": bn, "seed": seed, **m,
+                     "test_images": int(confusion.sum()), "test_errors": int(confusion.sum() - confusion.trace()),
+                     "classes": len(r["classes"]), "train_images": summary.get("train_images"),
+                     "precision": summary.get("precision"), "backend": summary.get("backend")})
+        if "predictions" in r and "labels" in r:
+            correct[ds, v, seed] = np.asarray(r["predictions"]) == np.asarray(r["labels"])
         c = read_curves(p["live"])
         acts = [k for k in c if k.startswith("act") and k.endswith("_mean")]
         c["act_mean"] = c[acts[:-1]].mean(axis=1)  # hidden layers only: the class layer's output is a score
-        curves.append(c.assign(dataset=ds, variant=label(act, bn), seed=seed))
-    return pd.DataFrame(rows), pd.concat(curves, ignore_index=True)
+        curves.append(c.assign(dataset=ds, variant=v, activation=act, batch_norm=bn, seed=seed))
+    return pd.DataFrame(rows), pd.concat(curves, ignore_index=True), correct
 
 
 def paired_tests(df, ranking):
@@ -70,13 +82,52 @@ def paired_tests(df, ranking):
     return out
 
 
-def summarise(df):
+def mcnemar_exact(right_a, right_b):
+    """McNemar's exact test: of the test images exactly one of the two models got right, is the split 50:50?"""
+    only_a, only_b = int(np.sum(right_a & ~right_b)), int(np.sum(~right_a & right_b))
+    p = stats.binomtest(only_a, only_a + only_b, 0.5).pvalue if only_a + only_b else 1.0
+    return {"test": "McNemar exact (same test images)", "only_better_right": only_a, "only_worse_right": only_b,
+            "p": float(p)}
+
+
+def neighbour_test(d, a, b, tests, correct):
+    """Can the data tell variant a from b, its successor in the ranking? Several seeds: the paired tests over
+    seeds; one seed: McNemar on the same test images, or, without per-image predictions, Fisher's exact test
+    on the error counts (unpaired, so weaker)."""
+    pair = next((t for t in tests if (t["better"], t["worse"]) == (a, b)), None)
+    if pair:
+        out = {"test": f"Wilcoxon signed-rank over {pair['n']} seeds", "p": pair["wilcoxon_p"]}
+    else:
+        ra, rb = (d[d.variant == v].iloc[0] for v in (a, b))
+        seed = ra.seed
+        if (ra.dataset, a, seed) in correct and (rb.dataset, b, seed) in correct:
+            out = mcnemar_exact(correct[ra.dataset, a, seed], correct[rb.dataset, b, seed])
+        else:
+            table = [[ra.test_errors, ra.test_images - ra.test_errors], [rb.test_errors, rb.test_images - rb.test_errors]]
+            out = {"test": "Fisher exact on error counts (no per-image predictions)",
+                   "p": float(stats.fisher_exact(table).pvalue)}
+    return {"better": a, "worse": b, **out, "distinguishable": bool(out["p"] < ALPHA)}
+
+
+def error_interval(g):
+    """LEVEL confidence interval of a variant's test error: one seed, binomial (Wilson) over its test images;
+    several, Student's t over the seeds' errors."""
+    if len(g) == 1:
+        ci = stats.binomtest(int(g.test_errors.iloc[0]), int(g.test_images.iloc[0])).proportion_ci(LEVEL, "wilson")
+        return pd.Series({"test_error_ci_low": ci.low, "test_error_ci_high": ci.high})
+    low, high = stats.t.interval(LEVEL, len(g) - 1, loc=g.test_error.mean(), scale=stats.sem(g.test_error))
+    return pd.Series({"test_error_ci_low": low, "test_error_ci_high": high})
+
+
+def summarise(df, correct):
     g = df.groupby("variant")
     s = pd.DataFrame({
         "n": g.size(), "test_error_mean": g.test_error.mean(), "test_error_std": g.test_error.std(ddof=1),
         "test_loss_mean": g.test_loss.mean(), "seconds_per_epoch": g.seconds_per_epoch.mean(),
         "train_seconds": g.train_seconds.mean(), "diverged": g.diverged.sum().astype(int),
+        "test_images": g.test_images.first(),
         "activation": g.activation.first(), "batch_norm": g.batch_norm.first()})  # std: NaN (null) for one seed
+    s = s.join(g[["test_error", "test_errors", "test_images"]].apply(error_interval))
     s = s.sort_values("test_error_mean")
     s.insert(0, "rank", range(1, len(s) + 1))
     ranking = list(s.index)
@@ -87,108 +138,166 @@ def summarise(df):
             bn_cost[act] = {"seconds_per_epoch_without": off.seconds_per_epoch, "seconds_per_epoch_with":
                             on.seconds_per_epoch, "ratio": on.seconds_per_epoch / off.seconds_per_epoch,
                             "test_error_change": on.test_error_mean - off.test_error_mean}
-    return s, ranking, paired_tests(df, ranking), bn_cost
+    tests = paired_tests(df, ranking)
+    neighbours = [neighbour_test(df, a, b, tests, correct) for a, b in zip(ranking, ranking[1:])]
+    return s, ranking, tests, neighbours, bn_cost
 
 
-def plot_curves(c, path):
-    fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
-    mean = c.groupby(["variant", "epoch"]).mean(numeric_only=True).reset_index()
-    for (variant, v), color in zip(mean.groupby("variant"), plt.cm.tab10.colors * 3):
-        for ax, metric in zip(axes, ("loss", "accuracy")):
-            ax.plot(v.epoch, v[metric], color=color, ls="--", lw=1)
-            if f"val_{metric}" in v:
-                ax.plot(v.epoch, v[f"val_{metric}"], color=color, label=variant)
-    for ax, metric in zip(axes, ("loss", "accuracy")):
-        ax.set(xlabel="epoch", ylabel=metric, title=f"{metric}: validation (solid), training (dashed)")
-        ax.grid(alpha=0.3)
-    axes[1].legend(fontsize=8)
-    fig.tight_layout()
+def configuration(params, d):
+    """What produced the numbers, in one line: a figure or table without it cannot be compared with another."""
+    t = params["train"]
+
+    def values(col, fmt="{}"):  # the models' own record; several values are listed, absent ones said so
+        found = sorted({fmt.format(v) for v in d[col].dropna()}) if col in d else []
+        return "/".join(found) or "not recorded"
+
+    schedule = {"step": f"×{t['lr_gamma']} at {'/'.join(f'{f:.0%}' for f in t['lr_drops'])} of training",
+                "cosine": "cosine decay", "constant": "constant"}[t["lr_schedule"]]
+    return (f"{d.dataset.iloc[0]}, width {params['model']['width']}, {values('train_images', '{:,}')} training "
+            f"images, {values('epochs')} epochs, batch {t['batch_size']}, {t['optimizer']} lr {t['learning_rate']} "
+            f"({schedule}), {values('precision')}, backend {values('backend')}, {values('test_images', '{:,}')} "
+            f"test images, seeds {', '.join(map(str, sorted(d.seed.unique())))}")
+
+
+def style(activation, batch_norm, activations):
+    """Colour = activation, line style = BN, the same in every figure."""
+    colour = plt.cm.tab10.colors[sorted(activations).index(activation) % 10]
+    return {"color": colour, "ls": "-" if batch_norm else "--", "label": label(activation, batch_norm)}
+
+
+def figure(config, nrows, ncols, **kw):
+    """A figure that states the configuration behind it at its foot."""
+    fig, axes = plt.subplots(nrows, ncols, **kw)
+    fig.text(0.5, 0.005, config, ha="center", va="bottom", fontsize=7.5, color="dimgrey", wrap=True)
+    return fig, axes
+
+
+def save(fig, path):
+    fig.tight_layout(rect=(0, 0.04, 1, 1))
     fig.savefig(path, dpi=110)
     plt.close(fig)
 
 
-def plot_error_and_speed(s, path):
-    fig, (a1, a2) = plt.subplots(1, 2, figsize=(12, 4.5))
-    a1.bar(s.index, s.test_error_mean, yerr=s.test_error_std.fillna(0), capsize=4, color="tab:blue")
-    a1.set(ylabel="test error", title=f"test error, mean ± std over seeds (n = {s.n.min()}..{s.n.max()})")
+def plot_curves(c, classes, config):
+    fig, axes = figure(config, 2, 2, figsize=(12, 8), sharex=True)
+    mean = c.groupby(["activation", "batch_norm", "epoch"]).mean(numeric_only=True).reset_index()
+    for (act, bn), v in mean.groupby(["activation", "batch_norm"]):
+        for row, metric in enumerate(("loss", "accuracy")):
+            for col, key in enumerate((f"val_{metric}", metric)):
+                if key in v:
+                    axes[row, col].plot(v.epoch, v[key], marker="o", ms=3, **style(act, bn, c.activation.unique()))
+    for col, images in enumerate(("validation", "training")):
+        axes[1, col].axhline(1 / classes, color="grey", ls=":", lw=1, label=f"chance (1/{classes})")
+        for row, metric in enumerate(("loss (cross-entropy)", "accuracy")):
+            axes[row, col].set(ylabel=metric, title=f"{metric}, {images} images")
+            axes[row, col].grid(alpha=0.3)
+        axes[1, col].set_xlabel("epoch")
+        axes[1, col].xaxis.set_major_locator(MaxNLocator(integer=True))
+    axes[1, 1].legend(fontsize=8, title="solid: with BN, dashed: without", title_fontsize=8)
+    return fig
+
+
+def plot_error_and_speed(s, config):
+    """Test error with its confidence interval, by rank (left) and against the time an epoch takes (right)."""
+    fig, (a1, a2) = figure(config, 1, 2, figsize=(12, 4.8))
+    yerr = [s.test_error_mean - s.test_error_ci_low, s.test_error_ci_high - s.test_error_mean]
+    looks = [style(r.activation, r.batch_norm, s.activation.unique()) for _, r in s.iterrows()]
+    a1.bar(s.index, s.test_error_mean, yerr=yerr, capsize=4, color=[k["color"] for k in looks],
+           hatch=[None if k["ls"] == "-" else "//" for k in looks], edgecolor="white")
     a1.tick_params(axis="x", rotation=45)
-    a2.scatter(s.seconds_per_epoch, 1 - s.test_error_mean)
-    for v, r in s.iterrows():
-        a2.annotate(v, (r.seconds_per_epoch, 1 - r.test_error_mean), fontsize=8)
-    a2.set(xlabel="seconds per epoch", ylabel="test accuracy", title="accuracy against training cost")
+    a1.set(ylabel="test error", title="test error by rank (hatched: without BN)")
+    for (v, r), k in zip(s.iterrows(), looks):
+        a2.errorbar(r.seconds_per_epoch, r.test_error_mean, yerr=[[yerr[0][v]], [yerr[1][v]]], capsize=3,
+                    marker="o" if k["ls"] == "-" else "s", mfc=k["color"] if k["ls"] == "-" else "white",
+                    color=k["color"])
+        a2.annotate(v, (r.seconds_per_epoch, r.test_error_mean), xytext=(6, 6), textcoords="offset points", fontsize=8)
+    a2.set(xlabel="seconds per epoch", ylabel="test error", title="test error against training time (open: without BN)")
+    ns = sorted(s.n.unique())
+    how = (f"binomial (Wilson) over {s.test_images.iloc[0]:,} test images" if ns == [1] else
+           f"Student's t over seeds (n = {'/'.join(map(str, ns))} seeds per variant)" if 1 not in ns else
+           "binomial for 1 seed, Student's t over seeds otherwise")
+    fig.suptitle(f"bars: {LEVEL:.0%} confidence interval, {how}", fontsize=9)
     for ax in (a1, a2):
         ax.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    return fig
 
 
-def plot_bias_shift(c, path):
+def plot_bias_shift(c, config):
     """Clevert et al.: ELU keeps mean activations near zero. Measured, not assumed."""
-    fig, (a1, a2) = plt.subplots(1, 2, figsize=(12, 4.5))
-    mean = c.groupby(["variant", "epoch"]).mean(numeric_only=True).reset_index()
+    fig, (a1, a2) = figure(config, 1, 2, figsize=(12, 4.8))
+    mean = c.groupby(["activation", "batch_norm", "epoch"]).mean(numeric_only=True).reset_index()
     layers = sorted((k for k in c if k.startswith("act") and k.endswith("_mean") and k != "act_mean"),
                     key=lambda k: int(k[3:-5]))
-    for (variant, v), color in zip(mean.groupby("variant"), plt.cm.tab10.colors * 3):
-        a1.plot(v.epoch, v.act_mean, color=color, label=variant)
-        last = v.iloc[-1]
-        a2.plot(range(1, len(layers) + 1), [last[k] for k in layers], marker="o", color=color, label=variant)
-    a1.axhline(0, color="grey", lw=0.8)
-    a2.axhline(0, color="grey", lw=0.8)
+    for (act, bn), v in mean.groupby(["activation", "batch_norm"]):
+        look = style(act, bn, c.activation.unique())
+        a1.plot(v.epoch, v.act_mean, marker="o", ms=3, **look)
+        a2.plot(range(1, len(layers) + 1), [v.iloc[-1][k] for k in layers], marker="o", **look)
     a1.set(xlabel="epoch", ylabel="mean activation (hidden layers)", title="bias shift during training")
-    a2.set(xlabel="activation layer", ylabel="mean activation", title="per layer, last epoch (layer 9: class scores)")
-    a2.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    a1.xaxis.set_major_locator(MaxNLocator(integer=True))
+    a2.set(xlabel="activation layer", ylabel="mean activation",
+           title=f"per layer, last epoch (layer {len(layers)}: class scores)")
+    for ax in (a1, a2):
+        ax.axhline(0, color="grey", lw=0.8)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8, title="solid: with BN, dashed: without", title_fontsize=8)
+    return fig
 
 
-def markdown(ds, s, tests, bn_cost, c):
+def markdown(ds, s, tests, neighbours, bn_cost, c, config):
     last = c.sort_values("epoch").groupby("variant").tail(1).groupby("variant").act_mean.mean()
-    lines = [f"## {ds}", "", "| rank | variant | test error (mean ± std) | n | test loss | s/epoch | mean activation,"
-             " last epoch | diverged |", "|---:|---|---|---:|---:|---:|---:|---:|"]
+    lines = [f"## {ds}", "", f"Configuration: {config}.", "",
+             f"| rank | variant | test error (mean ± std) | {LEVEL:.0%} CI | n | test loss | s/epoch | mean activation,"
+             " last epoch | diverged |", "|---:|---|---|---|---:|---:|---:|---:|---:|"]
     for v, r in s.iterrows():
         spread = f" ± {r.test_error_std:.4f}" if r.n > 1 else ""
-        lines.append(f"| {r['rank']} | {v} | {r.test_error_mean:.4f}{spread} | {r.n} | "
-                     f"{r.test_loss_mean:.3f} | {r.seconds_per_epoch:.1f} | {last.get(v, float('nan')):+.3f} | "
-                     f"{r.diverged} |")
-    lines += ["", "Ranking: " + " > ".join(s.index), ""]
-    adjacent = {(a, b) for a, b in zip(s.index, s.index[1:])}
+        lines.append(f"| {r['rank']} | {v} | {r.test_error_mean:.4f}{spread} | {r.test_error_ci_low:.4f}–"
+                     f"{r.test_error_ci_high:.4f} | {r.n} | {r.test_loss_mean:.3f} | {r.seconds_per_epoch:.1f} | "
+                     f"{last.get(v, float('nan')):+.3f} | {r.diverged} |")
+    lines += ["", "Ranking: " + " > ".join(s.index), "",
+              f"Which neighbours in the ranking the data can tell apart (p < {ALPHA}):", "",
+              "| better | worse | test | p | distinguishable |", "|---|---|---|---:|---|"]
+    lines += [f"| {t['better']} | {t['worse']} | {t['test']} | {t['p']:.3g} | {'yes' if t['distinguishable'] else 'no'} |"
+              for t in neighbours]
     if tests:
-        lines += ["Paired tests between neighbours in the ranking (same seeds):", "",
+        lines += ["", "Paired tests over seeds, neighbours:", "",
                   "| better | worse | n | error difference | Wilcoxon p | paired t p |", "|---|---|---:|---:|---:|---:|"]
+        adjacent = set(zip(s.index, s.index[1:]))
         lines += [f"| {t['better']} | {t['worse']} | {t['n']} | {t['mean_error_difference']:+.4f} | "
                   f"{t['wilcoxon_p']:.3f} | {t['paired_t_p']:.3f} |" for t in tests if (t["better"], t["worse"]) in adjacent]
-    else:
-        lines += ["One seed per variant: no error bars and no paired tests (add seeds to grid.seed)."]
     if bn_cost:
         lines += ["", "| activation | s/epoch without BN | with BN | ratio | test error change with BN |",
                   "|---|---:|---:|---:|---:|"]
         lines += [f"| {a} | {b['seconds_per_epoch_without']:.1f} | {b['seconds_per_epoch_with']:.1f} | "
                   f"{b['ratio']:.2f} | {b['test_error_change']:+.4f} |" for a, b in bn_cost.items()]
-    lines += ["", f"![curves]({ds}_curves.png)", f"![test error]({ds}_test_error.png)",
-              f"![bias shift]({ds}_bias_shift.png)", ""]
+    figures = Path("..") / FIGURES  # relative to reports/, so the links work wherever the repository is
+    lines += ["", f"![curves]({figures}/{ds}_curves.png)", f"![test error]({figures}/{ds}_test_error.png)",
+              f"![bias shift]({figures}/{ds}_bias_shift.png)", ""]
     return lines
 
 
 def main():
-    grid = load()["grid"]
-    df, curves = collect(grid)
+    params = load()
+    grid = params["grid"]
+    df, curves, correct = collect(grid)
     summary, md = {}, ["# ALL-CNN-C: activation × batch normalisation", ""]
-    with atomic_path(REPORTS, directory=True) as rep, atomic_path(CURVES, directory=True) as cur:
+    with atomic_path(FIGURES, directory=True) as fig, atomic_path(CURVES, directory=True) as cur:
         for ds in grid["dataset"]:
             d, c = df[df.dataset == ds], curves[curves.dataset == ds]
-            s, ranking, tests, bn_cost = summarise(d)
+            s, ranking, tests, neighbours, bn_cost = summarise(d, correct)
+            config = configuration(params, d)
             # dicts, not lists: `dvc metrics show` drops lists (the ranking is each variant's "rank")
-            summary[ds] = {"variants": s.drop(columns=["activation", "batch_norm"]).to_dict(orient="index"),
+            summary[ds] = {"configuration": config,
+                           "variants": s.drop(columns=["activation", "batch_norm"]).to_dict(orient="index"),
+                           "neighbours": {f"{t['better']} vs {t['worse']}": t for t in neighbours},
                            "paired_tests": {f"{t['better']} vs {t['worse']}": t for t in tests}, "bn_cost": bn_cost}
-            c.drop(columns="dataset").to_csv(cur / f"{ds}.tsv", sep="\t", index=False)
-            plot_curves(c, rep / f"{ds}_curves.png")
-            plot_error_and_speed(s, rep / f"{ds}_test_error.png")
-            plot_bias_shift(c, rep / f"{ds}_bias_shift.png")
-            md += markdown(ds, s, tests, bn_cost, c)
+            c.drop(columns=["dataset", "activation", "batch_norm"]).to_csv(cur / f"{ds}.tsv", sep="\t", index=False)
+            save(plot_curves(c, int(d.classes.iloc[0]), config), fig / f"{ds}_curves.png")
+            save(plot_error_and_speed(s, config), fig / f"{ds}_test_error.png")
+            save(plot_bias_shift(c, config), fig / f"{ds}_bias_shift.png")
+            md += markdown(ds, s, tests, neighbours, bn_cost, c, config)
             print(f"report: {ds}: " + " > ".join(ranking))
-        (rep / "report.md").write_text("\n".join(md))
+    with atomic_path(REPORT) as tmp:
+        tmp.write_text("\n".join(md))
     write_json("metrics/summary.json", summary)
 
 

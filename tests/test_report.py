@@ -1,0 +1,133 @@
+"""The report stage on hand-made grid results (no training): which neighbours the data can tell apart, error
+intervals, figures that state their configuration, PNGs as DVC image plots. Run by real `dvc repro` in a
+temporary git+DVC project."""
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+
+from tests.conftest import dvc, git, make_project
+
+TEST_IMAGES, CLASSES = 200, 10
+# test images each variant gets right: the first k. Neighbours relu+bn/elu+bn and elu/relu differ on 4 images
+# only (McNemar p = 0.125), elu+bn/elu on 46 (p ~ 3e-14)
+RIGHT = {("relu", True): 150, ("elu", True): 146, ("elu", False): 100, ("relu", False): 96}
+GRID = {"dataset": ["cifar10"], "activation": ["relu", "elu"], "batch_norm": [False, True], "seed": [0]}
+
+
+def write_entry(repo, act, bn, seed, right, predictions=True):
+    """The files train and evaluate write for one grid entry, in their layout."""
+    from stages.report import paths  # wherever the project keeps it
+    p = {k: repo / v for k, v in paths("cifar10", act, bn, seed).items()}
+    labels = np.arange(TEST_IMAGES) % CLASSES
+    pred = np.where(np.arange(TEST_IMAGES) < right, labels, (labels + 1) % CLASSES)
+    confusion = np.zeros((CLASSES, CLASSES), int)
+    np.add.at(confusion, (labels, pred), 1)
+    error = 1 - right / TEST_IMAGES
+    results = {"classes": [f"c{i}" for i in range(CLASSES)], "confusion": confusion.tolist(),
+               **({"predictions": pred.tolist(), "labels": labels.tolist()} if predictions else {})}
+    metrics = {"test_accuracy": 1 - error, "test_error": error, "test_loss": 1.5, "parameters": 1000, "epochs": 3,
+               "train_seconds": 30.0, "seconds_per_epoch": 10.0 + bn, "diverged": False}
+    for key, obj in (("results", results), ("metrics", metrics), ("summary", {
+            "train_images": 1000, "precision": "float32", "backend": "tensorflow"})):
+        p[key].parent.mkdir(parents=True, exist_ok=True)
+        p[key].write_text(json.dumps(obj))
+    epochs = np.arange(3)
+    series = {"train/accuracy": 0.2 * epochs, "eval/accuracy": 0.2 * epochs, "train/loss": 2 - epochs / 2,
+              "eval/loss": 2.1 - epochs / 2, **{f"train/act{i}_mean": 0.1 * i + epochs for i in range(1, 10)}}
+    for name, values in series.items():
+        f = p["live"] / f"plots/metrics/{name}.tsv"
+        f.parent.mkdir(parents=True, exist_ok=True)
+        pd.DataFrame({"step": epochs, name.split("/")[1]: values}).to_csv(f, sep="\t", index=False)
+
+
+@pytest.fixture(scope="module")
+def study(tmp_path_factory, cifar10_archive):
+    """The report of the hand-made grid, run by `dvc repro` and committed."""
+    repo = make_project(tmp_path_factory.mktemp("report") / "repo", cifar10_archive, {"grid": GRID})
+    for (act, bn), right in RIGHT.items():
+        write_entry(repo, act, bn, 0, right)
+    dvc("repro", "--single-item", "report", cwd=repo)
+    git("add", "-A", cwd=repo)
+    git("commit", "-qm", "report", cwd=repo)
+    return repo
+
+
+def test_neighbours_that_the_test_images_can_tell_apart(study):
+    summary = json.loads((study / "metrics/summary.json").read_text())["cifar10"]
+    neighbours = summary["neighbours"]
+    assert list(neighbours) == ["relu+bn vs elu+bn", "elu+bn vs elu", "elu vs relu"]
+    assert {k: v["distinguishable"] for k, v in neighbours.items()} == {
+        "relu+bn vs elu+bn": False, "elu+bn vs elu": True, "elu vs relu": False}
+    first = neighbours["relu+bn vs elu+bn"]
+    assert first["test"].startswith("McNemar") and (first["only_better_right"], first["only_worse_right"]) == (4, 0)
+    assert first["p"] == pytest.approx(2 * 0.5 ** 4)
+    assert neighbours["elu+bn vs elu"]["p"] < 1e-10
+    # `dvc metrics show` keeps it: dicts, not lists
+    shown = json.loads(dvc("metrics", "show", "--json", "metrics/summary.json", cwd=study).stdout)
+    data = next(iter(shown.values()))["data"]["metrics/summary.json"]["data"]["cifar10"]
+    assert data["neighbours"]["elu+bn vs elu"]["distinguishable"] is True
+
+
+def test_one_seed_gets_a_binomial_interval(study):
+    from scipy.stats import binomtest
+    v = json.loads((study / "metrics/summary.json").read_text())["cifar10"]["variants"]["relu+bn"]
+    ci = binomtest(50, TEST_IMAGES).proportion_ci(0.95, "wilson")
+    assert (v["test_error_ci_low"], v["test_error_ci_high"]) == pytest.approx((ci.low, ci.high))
+    assert v["test_error_ci_low"] < 0.25 < v["test_error_ci_high"] and v["test_images"] == TEST_IMAGES
+
+
+def test_report_states_its_configuration_and_links_the_figures(study):
+    report = (study / "reports/report.md").read_text()
+    params = yaml.safe_load((study / "params.yaml").read_text())
+    config = (f"Configuration: cifar10, width {params['model']['width']}, 1,000 training images, 3 epochs, "
+              f"batch {params['train']['batch_size']}, sgd lr {params['train']['learning_rate']} (×0.1 at "
+              f"57%/71%/86% of training), float32, backend tensorflow, 200 test images, seeds 0.")
+    assert config in report
+    assert "| elu+bn | elu | McNemar exact (same test images) |" in report and "| yes |" in report
+    for name in ("curves", "test_error", "bias_shift"):
+        assert f"](../plots/figures/cifar10_{name}.png)" in report  # relative to reports/
+        assert (study / f"plots/figures/cifar10_{name}.png").stat().st_size > 10_000
+    assert not list((study / "reports").glob("*.png"))  # the figures moved to plots/
+
+
+def test_figures_tell_activation_bn_and_chance_apart(study, monkeypatch):
+    from stages import report
+    monkeypatch.chdir(study)
+    df, curves, correct = report.collect(GRID)
+    s, *_ = report.summarise(df, correct)
+    fig = report.plot_curves(curves, CLASSES, "config line")
+    val_accuracy = fig.axes[2]
+    lines = {ln.get_label(): ln for ln in val_accuracy.get_lines()}
+    assert lines["relu"].get_color() == lines["relu+bn"].get_color() != lines["elu"].get_color()
+    assert (lines["relu"].get_linestyle(), lines["relu+bn"].get_linestyle()) == ("--", "-")
+    assert lines["chance (1/10)"].get_ydata()[0] == pytest.approx(0.1)
+    assert all(t == int(t) for t in val_accuracy.get_xticks())
+    assert "config line" in [t.get_text() for t in fig.texts]
+    fig = report.plot_error_and_speed(s, "config line")
+    assert fig.axes[0].get_ylabel() == fig.axes[1].get_ylabel() == "test error"
+    assert "Wilson" in fig.texts[-1].get_text() or "Wilson" in fig._suptitle.get_text()
+    fig = report.plot_bias_shift(curves, "config line")
+    assert all(ax.get_legend() is not None for ax in fig.axes)
+
+
+def test_missing_predictions_fall_back_to_counts(study, tmp_path, monkeypatch):
+    from stages import report
+    monkeypatch.chdir(study)
+    df, _, correct = report.collect(GRID)
+    del correct["cifar10", "elu", 0]
+    neighbours = report.summarise(df, correct)[3]
+    assert neighbours[1]["test"].startswith("Fisher") and neighbours[0]["test"].startswith("McNemar")
+    assert neighbours[1]["distinguishable"] is True  # 27 % against 50 % errors on 200 images
+
+
+def test_plots_diff_shows_each_figure_of_two_revisions(study):
+    write_entry(study, "relu", False, 0, 180)  # relu now first: a new ranking
+    dvc("repro", "--single-item", "report", cwd=study)
+    out = dvc("plots", "diff", "HEAD", "--json", cwd=study).stdout  # after a warning: no experiment curves here
+    shown = json.loads(out.splitlines()[-1])["data"]["plots/figures/cifar10_test_error.png"]
+    images = {d["revisions"][0]: Path(d["url"]).read_bytes() for d in shown}
+    assert sorted(images) == ["HEAD", "workspace"] and images["HEAD"] != images["workspace"]
