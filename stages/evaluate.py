@@ -1,35 +1,44 @@
-"""evaluate@<entry> (and evaluate_exp): test-set metrics of one trained model.
+"""evaluate@<key> (and evaluate_exp): test-set metrics of one trained model, on train.backend.
 
 Outputs: metrics/<...>.json, flat headline keys that `dvc metrics show` reads as a table;
-results/<...>.json, the detail (per-class accuracy, confusion matrix).
+results/<...>.json, the detail: per-class accuracy, confusion matrix, and every test image's label and
+prediction (the report's McNemar tests compare two models on the same images).
 """
 import json
 import time
 
 import numpy as np
 
+from stages.entry import from_command_line, load_split, read_classes
 from stages.outputs import write_json
-from stages.params import UserError, cli, load
-from stages.train import entry, load_split
+from stages.params import UserError, cli
+
+
+def load_model(path):
+    import keras
+    try:
+        return keras.models.load_model(path, compile=False)
+    except Exception as e:  # Keras' messages span lines (a refused lambda layer explains safe_mode at length)
+        first = next((line for line in str(e).splitlines() if line.strip()), "")
+        raise UserError(f"{path}: cannot be loaded ({type(e).__name__}: {first[:200]}); retrain it with "
+                        f"`dvc repro -f` on its train stage")
+
+
+def predict(model, x, batch_size):
+    """(softmax (N, classes) float64, seconds of inference after a warm-up batch: tracing is not inference)."""
+    model.predict(x[:batch_size], batch_size=batch_size, verbose=0)
+    t0 = time.perf_counter()
+    p = model.predict(x, batch_size=batch_size, verbose=0)
+    return np.asarray(p, dtype=np.float64), time.perf_counter() - t0
 
 
 def main():
-    _, out, data_dir, classes = entry(__doc__.splitlines()[0])
-    batch_size = load()["evaluate"]["batch_size"]
-    x, y = load_split(data_dir / "test.npz", len(classes))
+    entry, params = from_command_line(__doc__.splitlines()[0])
+    out = entry.paths
+    classes = read_classes(entry.dataset, params)
+    x, y = load_split(entry.dataset, "test", len(classes))
     summary = json.loads(out["summary"].read_text())
-
-    import keras
-    try:
-        model = keras.models.load_model(out["model"])
-    except Exception as e:
-        raise UserError(f"{out['model']}: cannot be loaded ({type(e).__name__}: {e}); retrain it with "
-                        f"`dvc repro -f` on its train stage")
-    x = x.astype("float32")
-    model.predict(x[:batch_size], batch_size=batch_size, verbose=0)  # warm-up: tracing is not inference
-    t0 = time.perf_counter()
-    p = model.predict(x, batch_size=batch_size, verbose=0).astype("float64")  # (N, classes) softmax
-    seconds = time.perf_counter() - t0
+    p, seconds = predict(load_model(out["model"]), x.astype("float32"), params["evaluate"]["batch_size"])
     pred = p.argmax(1)
     loss = float(-np.log(np.clip(p[np.arange(len(y)), y], 1e-12, 1)).mean())
     accuracy = float((pred == y).mean())
@@ -37,13 +46,13 @@ def main():
     np.add.at(confusion, (y, pred), 1)  # rows: true class, columns: predicted
     per_class = confusion.diagonal() / np.maximum(confusion.sum(1), 1)
     write_json(out["results"], {"classes": classes, "per_class_accuracy": dict(zip(classes, per_class.tolist())),
-                                "confusion": confusion.tolist()})
+                                "confusion": confusion.tolist(), "labels": y.tolist(), "predictions": pred.tolist()})
     write_json(out["metrics"], {
-        "test_accuracy": accuracy, "test_error": 1 - accuracy, "test_loss": loss,
+        "test_accuracy": accuracy, "test_error": 1 - accuracy, "test_loss": loss, "test_images": len(y),
         "worst_class_accuracy": float(per_class.min()), "parameters": summary["parameters"],
         "epochs": summary["epochs_completed"], "train_seconds": summary["train_seconds"],
         "seconds_per_epoch": summary["seconds_per_epoch"], "inference_images_per_second": len(y) / seconds,
-        "diverged": summary["diverged"]})
+        "diverged": summary["diverged"], "backend": summary.get("backend"), "precision": summary["precision"]})
     print(f"{out['metrics']}: test accuracy {accuracy:.4f}, loss {loss:.4f}"
           + (" (diverged: last finite weights)" if summary["diverged"] else ""))
 

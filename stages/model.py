@@ -1,6 +1,11 @@
 """ALL-CNN-C (Springenberg et al. 2014) with a pluggable activation and optional batch normalisation."""
+import functools
+
 import keras
+import numpy as np
 from keras import layers
+
+from stages.entry import ACT_PREFIX
 
 # Activations that need arguments; any other name Keras knows (selu, gelu, swish, ...) works as it is.
 # Adding an activation to the study is one line here, or none.
@@ -14,9 +19,20 @@ ACTIVATIONS = {
 _NOT_ACTIVATIONS = {"get", "serialize", "deserialize", "linear", "softmax", "log_softmax"}
 
 
+def _works_in_the_net(name):
+    """Keras names exactly the stages accept: one that keeps a (N, H, W, C) tensor's shape with no arguments
+    (not glu, which halves C; not threshold, which needs two)."""
+    try:
+        x = np.linspace(-2, 2, 2 * 2 * 2 * 4, dtype="float32").reshape(2, 2, 2, 4)
+        return tuple(layers.Activation(name)(x).shape) == x.shape
+    except Exception:  # Keras raises whatever the function raises
+        return False
+
+
+@functools.cache
 def activation_names():
     keras_names = [n for n in dir(keras.activations) if not n.startswith("_") and n not in _NOT_ACTIVATIONS]
-    return sorted(set(ACTIVATIONS) | set(keras_names))
+    return sorted(set(ACTIVATIONS) | {n for n in keras_names if _works_in_the_net(n)})
 
 
 def make_activation(activation, model_params, **kw):
@@ -51,7 +67,7 @@ def make_net(num_classes, activation, batch_norm, model_params, weight_decay, me
                           kernel_regularizer=keras.regularizers.L2(weight_decay / 2))(x)
         if batch_norm:
             x = layers.BatchNormalization(name=f"bn{n}")(x)
-        x = make_activation(activation, model_params, name=f"act{n}")(x)
+        x = make_activation(activation, model_params, name=f"{ACT_PREFIX}{n}")(x)
     x = layers.GlobalAveragePooling2D(name="pool")(x)  # (N, 6, 6, classes) -> (N, classes)
     outputs = layers.Activation("softmax", dtype="float32", name="softmax")(x)
     return keras.Model(inputs, outputs, name=f"allcnnc_{activation}{'_bn' if batch_norm else ''}")

@@ -5,15 +5,19 @@ sizes <= 0, unknown activations or datasets, and names that would reach a shell 
 and stage commands are built from grid values, so those must be plain identifiers).
 """
 import difflib
+import os
 import re
+import signal
 import sys
+import urllib.parse
 from pathlib import Path
 
-import yaml
+from ruamel.yaml import YAML, YAMLError
 
 PARAMS = Path("params.yaml")
 CHECKED = Path("data/params.ok")  # the check stage's output: every later stage runs after the check
 DATASETS = ("cifar10", "cifar100")
+BACKENDS = ("tensorflow", "jax")  # Keras backends that train and evaluate run on
 NAME = re.compile(r"[a-z][a-z0-9_]{0,31}")  # what may appear in a stage name, a path or a shell command
 
 
@@ -21,13 +25,28 @@ class UserError(Exception):
     """Bad input: reported as one line that names the file or parameter and the fix."""
 
 
+class _Terminated(BaseException):
+    """SIGTERM, raised where the stage is, so that every `finally` (atomic_path's clean-up) runs as for Ctrl-C."""
+
+
+def _terminate(signum, frame):
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a second SIGTERM must not cut the clean-up short
+    raise _Terminated
+
+
 def cli(main):
-    """Runs a stage's main(); a UserError becomes one line on stderr and exit status 2."""
+    """Runs a stage's main(); a UserError becomes one line on stderr and exit status 2. SIGTERM (a scheduler, a
+    killed `dvc repro`'s process group) unwinds the stage, removing its temporaries, then ends the process by
+    the same signal, so the caller sees it killed."""
+    signal.signal(signal.SIGTERM, _terminate)
     try:
         main()
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
+    except _Terminated:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        os.kill(os.getpid(), signal.SIGTERM)
 
 
 # --- value checks: each returns None when the value is fine, else what is allowed --------------------------
@@ -79,7 +98,10 @@ def _md5(v):
 
 
 def _url(v):
-    return None if isinstance(v, str) and v.strip() else "an http(s):// or file:// URL, or a local path"
+    # the archive is saved under the URL's last path segment: it must be a file name
+    name = isinstance(v, str) and urllib.parse.unquote(urllib.parse.urlparse(v.strip()).path).rsplit("/", 1)[-1]
+    return None if name and name not in (".", "..") else \
+        "an http(s):// or file:// URL, or a local path, ending in the archive's file name"
 
 
 def _fractions(v):
@@ -119,6 +141,7 @@ SCHEMA = {
         "lr_gamma": _num(0, 1, lo_open=True),
         "augment": _bool,
         "precision": _one_of("auto", "float32", "mixed_bfloat16", "mixed_float16"),
+        "backend": _one_of(*BACKENDS),
         "limit": _optional(_int(1)),
         "validation": _int(0),
         "probe_images": _int(1),
@@ -159,14 +182,26 @@ def validate(params):
     return errors
 
 
-def load(path=PARAMS):
-    """params.yaml as a dict, after every check has passed."""
+def parse(path=PARAMS):
+    """params.yaml read exactly as DVC reads it (ruamel.yaml, YAML 1.2), so that every value the check passes is
+    the value DVC hands the stages: `off`, `yes` and `1:00` are strings here, as they are to DVC (PyYAML's
+    YAML 1.1 would read False, True and 60)."""
     try:
-        params = yaml.safe_load(Path(path).read_text())
-    except (OSError, yaml.YAMLError) as e:
-        mark = getattr(e, "problem_mark", None)  # one line: PyYAML's own message spans several
+        return YAML(typ="safe").load(Path(path).read_text())
+    except (OSError, YAMLError) as e:
+        mark = getattr(e, "problem_mark", None)  # one line: the YAML library's own message spans several
         raise UserError(f"{path}: cannot be read as YAML (" + (f"line {mark.line + 1}, column {mark.column + 1}: "
                         f"{e.problem})" if mark else f"{' '.join(str(e).split())})"))
+
+
+def load(path=PARAMS):
+    """params.yaml as a dict, after every check has passed; Keras' backend is then train.backend."""
+    params = parse(path)
+    train = params.get("train") if isinstance(params, dict) else None
+    backend = train.get("backend") if isinstance(train, dict) else None
+    if backend in BACKENDS:
+        from stages.backend import select  # before anything imports Keras (the activation check does)
+        select(backend)
     errors = validate(params if params is not None else {})
     if errors:
         raise UserError(f"{path}: " + f"\nerror: {path}: ".join(errors))

@@ -16,7 +16,7 @@ from scipy import stats
 
 from stages.outputs import atomic_path, write_json
 from stages.params import cli, load
-from stages.train import paths
+from stages.entry import paths
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402

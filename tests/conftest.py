@@ -26,9 +26,14 @@ ENV = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.envi
        "GIT_COMMITTER_EMAIL": "t@example.com", "DVC_NO_ANALYTICS": "1", "PYTHONPATH": ""}
 
 
-def run(args, cwd, check=True, timeout=900):
+# what a backend's processes run with: under JAX, an interpreter where TensorFlow is not installed, as on the
+# GPU machines (tests/without_tensorflow/sitecustomize.py hides it)
+BACKEND_ENV = {"tensorflow": ENV, "jax": {**ENV, "PYTHONPATH": str(ROOT / "tests" / "without_tensorflow")}}
+
+
+def run(args, cwd, check=True, timeout=900, env=ENV):
     """Runs a command (a list) in cwd; returns the CompletedProcess with stdout and stderr merged."""
-    p = subprocess.run(args, cwd=cwd, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    p = subprocess.run(args, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                        timeout=timeout)
     if check and p.returncode != 0:
         raise AssertionError(f"{' '.join(map(str, args))} exited {p.returncode}:\n{p.stdout[-6000:]}")

@@ -18,7 +18,7 @@ import pytest
 import yaml
 
 from stages.params import UserError
-from stages.train import _sha256, latest_checkpoint, load_split
+from stages.entry import load_split
 from tests.conftest import ENV, dvc, make_project, md5
 
 OUTPUT_DIRS = ["models", "data", "metrics", "results", "dvclive", "reports", "plots"]
@@ -45,12 +45,12 @@ def strict_json(path):
 
 def curve_steps(repo, entry):
     """The steps (epochs from 0) in an entry's dvclive training-loss curve."""
-    tsv = Path(repo, f"dvclive/grid/cifar10/{entry}/plots/metrics/train/loss.tsv")
+    tsv = Path(repo, f"dvclive/grid/{entry}/plots/metrics/train/loss.tsv")
     return [line.split("\t")[0] for line in tsv.read_text().splitlines()[1:]] if tsv.exists() else None
 
 
 def model_files(repo, entry):
-    return [Path(repo, f"models/grid/cifar10/{entry}.{ext}") for ext in ("keras", "json")]
+    return [Path(repo, f"models/grid/{entry}.{ext}") for ext in ("keras", "json")]
 
 
 # --- SIGKILL mid-epoch, then a damaged checkpoint -----------------------------------------------------------
@@ -58,14 +58,14 @@ def model_files(repo, entry):
 def wait_for_second_entry(repo, proc, log, timeout=600):
     """Waits until one grid entry is trained and the next one has finished epoch 2 and is in epoch 3; returns
     (the training process, its entry, the finished entry)."""
-    entries = ["relu-false-0", "elu-false-0"]
+    entries = ["cifar10-relu-False-0", "cifar10-elu-False-0"]
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         assert proc.poll() is None, f"dvc repro ended (exit {proc.returncode}) before the kill:\n{log.read_text()}"
         done = [e for e in entries if model_files(repo, e)[0].exists()]
         out = log.read_text()
         for e in set(entries) - set(done):
-            started = out.find(f"training models/grid/cifar10/{e}.keras")
+            started = out.find(f"training models/grid/{e}.keras")
             second = re.search(rf"epoch 2/{EPOCHS}: .* seconds ([0-9.e+-]+)", out[started:]) if started >= 0 else None
             if len(done) == 1 and second:
                 time.sleep(min(float(second.group(1)) / 2, 5))  # into epoch 3
@@ -96,10 +96,10 @@ def killed(tmp_path_factory, cifar10_archive):
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
-    ckpt = repo / "checkpoints/grid/cifar10" / victim
+    ckpt = repo / "checkpoints/grid" / victim
     before = {"out": log.read_text(), "status": proc.returncode, "leftovers": leftovers(repo),
               "lock": lock_stages(repo), "victim_files": [p.exists() for p in model_files(repo, victim)],
-              "victim_metrics": (repo / f"metrics/grid/cifar10/{victim}.json").exists(),
+              "victim_metrics": (repo / f"metrics/grid/{victim}.json").exists(),
               "checkpoints": sorted(d.name for d in ckpt.glob("epoch-*")),
               "curve": curve_steps(repo, victim),
               "finished": {p: (p.stat().st_mtime_ns, md5(p)) for p in model_files(repo, finished)}}
@@ -114,11 +114,11 @@ def killed(tmp_path_factory, cifar10_archive):
 def test_kill_leaves_no_half_written_output(killed):
     b, victim = killed["before"], killed["victim"]
     assert b["status"] != 0
-    assert f"ERROR: failed to reproduce 'train@cifar10-{victim.split('-')[0]}-False-0'" in b["out"]
+    assert f"ERROR: failed to reproduce 'train@{victim}'" in b["out"]
     assert b["victim_files"] == [False, False] and not b["victim_metrics"]  # outputs appear only when complete
     assert b["leftovers"] == []
-    assert f"train@cifar10-{killed['finished'].split('-')[0]}-False-0" in b["lock"]  # the finished one is recorded
-    assert f"train@cifar10-{victim.split('-')[0]}-False-0" not in b["lock"]
+    assert f"train@{killed['finished']}" in b["lock"]  # the finished one is recorded
+    assert f"train@{victim}" not in b["lock"]
     assert b["checkpoints"] in (["epoch-0001", "epoch-0002"], ["epoch-0002", "epoch-0003"])  # the newest two
     assert b["curve"] == [str(e) for e in range(int(b["checkpoints"][-1][-4:]))]  # curves of finished epochs only
 
@@ -126,25 +126,25 @@ def test_kill_leaves_no_half_written_output(killed):
 def test_rerun_resumes_the_killed_entry_from_its_newest_intact_checkpoint(killed):
     repo, victim, out = killed["repo"], killed["victim"], killed["out"]
     ckpts = killed["before"]["checkpoints"]
-    damaged, intact = f"checkpoints/grid/cifar10/{victim}/{ckpts[-1]}", f"checkpoints/grid/cifar10/{victim}/{ckpts[0]}"
+    damaged, intact = f"checkpoints/grid/{victim}/{ckpts[-1]}", f"checkpoints/grid/{victim}/{ckpts[0]}"
     n = int(ckpts[0][-4:])
-    assert f"warning: {damaged} is damaged (checksum mismatch or unreadable); ignoring it" in out
-    assert f"resuming models/grid/cifar10/{victim}.keras after epoch {n} from {intact}/model.weights.h5" in out
-    assert re.search(rf"training models/grid/cifar10/{victim}.keras: .* epochs {n + 1}\.\.{EPOCHS}\n", out)
+    assert f"warning: {damaged} is damaged (checksum, epoch count or step count disagree); ignoring it" in out
+    assert f"resuming after epoch {n} from {intact}" in out
+    assert re.search(rf"training models/grid/{victim}.keras: .* epochs {n + 1}\.\.{EPOCHS}\n", out)
     # the first epoch after the resume repeats the interrupted run's (same batches, same weights, same RNG state)
     again = re.compile(rf"^epoch {n + 1}/{EPOCHS}: (.*)  seconds ", re.M)
-    first = killed["before"]["out"].split(f"training models/grid/cifar10/{victim}.keras")[1]
+    first = killed["before"]["out"].split(f"training models/grid/{victim}.keras")[1]
     assert again.search(first) and again.search(first).group(1) == again.search(out).group(1)
-    summary = json.loads((repo / f"models/grid/cifar10/{victim}.json").read_text())
+    summary = json.loads((repo / f"models/grid/{victim}.json").read_text())
     assert summary["resumed_from_epoch"] == n and summary["epochs_completed"] == EPOCHS and not summary["diverged"]
     assert curve_steps(repo, victim) == [str(e) for e in range(EPOCHS)]  # the curves are whole again
-    assert not (repo / "checkpoints/grid/cifar10" / victim).exists()  # done: its checkpoints are removed
+    assert not (repo / "checkpoints/grid" / victim).exists()  # done: its checkpoints are removed
 
 
 def test_rerun_does_not_retrain_the_finished_entry(killed):
     repo, finished, out = killed["repo"], killed["finished"], killed["out"]
-    assert f"Stage 'train@cifar10-{finished.split('-')[0]}-False-0' didn't change, skipping" in out
-    assert f"training models/grid/cifar10/{finished}.keras" not in out
+    assert f"Stage 'train@{finished}' didn't change, skipping" in out
+    assert f"training models/grid/{finished}.keras" not in out
     for path, (mtime, digest) in killed["before"]["finished"].items():
         assert path.stat().st_mtime_ns == mtime and md5(path) == digest
 
@@ -152,8 +152,8 @@ def test_rerun_does_not_retrain_the_finished_entry(killed):
 def test_rerun_completes_the_study_and_leaves_no_temporary_files(killed):
     repo = killed["repo"]
     assert killed["out"].count("training models/") == 1
-    for entry in ("relu-false-0", "elu-false-0"):
-        assert strict_json(repo / f"metrics/grid/cifar10/{entry}.json")["epochs"] == EPOCHS
+    for entry in ("cifar10-relu-False-0", "cifar10-elu-False-0"):
+        assert strict_json(repo / f"metrics/grid/{entry}.json")["epochs"] == EPOCHS
     assert set(strict_json(repo / "metrics/summary.json")["cifar10"]["variants"]) == {"relu", "elu"}
     assert leftovers(repo) == []
     assert dvc("status", "--json", "report", cwd=repo).stdout.strip().splitlines()[-1] == "{}"
@@ -164,13 +164,13 @@ def test_damaged_prepared_file_is_refused_then_restored_without_retraining(kille
     repo = killed["repo"]
     npz = repo / "data/prepared/cifar10/train.npz"
     good = md5(npz)
-    models = {p: md5(p) for p in (repo / "models/grid/cifar10").glob("*.keras")}
+    models = {p: md5(p) for p in (repo / "models/grid").glob("*.keras")}
     npz.write_bytes(npz.read_bytes()[: npz.stat().st_size // 2])
 
     status = json.loads(dvc("status", "--json", cwd=repo).stdout.strip().splitlines()[-1])
     assert status["prepare@cifar10"] == [{"changed outs": {"data/prepared/cifar10": "modified"}}]
 
-    p = subprocess.run([sys.executable, "-m", "stages.train", "cifar10", "relu", "false", "0"], cwd=repo, env=ENV,
+    p = subprocess.run([sys.executable, "-m", "stages.train", "cifar10-relu-False-0"], cwd=repo, env=ENV,
                        text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE, timeout=600)
     errors = [line for line in p.stderr.splitlines() if line.startswith("error: ")]
     assert p.returncode == 2 and errors == [
@@ -195,18 +195,18 @@ def test_diverging_entry_is_flagged_and_the_study_completes(tmp_path, cifar10_ar
         "train": {"learning_rate": 2, "momentum": 0, "lr_schedule": "constant", "epochs": 3}})
     out = dvc("repro", "report", cwd=repo).stdout  # exit 0 or AssertionError
 
-    s = json.loads((repo / "models/grid/cifar10/relu-false-0.json").read_text())
+    s = json.loads((repo / "models/grid/cifar10-relu-False-0.json").read_text())
     assert s["diverged"] is True and s["diverged_epoch"] in (1, 2, 3)
     assert s["epochs_completed"] == s["diverged_epoch"] - 1  # the last finite epoch's weights are kept
     assert f"warning: loss diverged in epoch {s['diverged_epoch']}; keeping the last finite weights" in out
-    m = strict_json(repo / "metrics/grid/cifar10/relu-false-0.json")
+    m = strict_json(repo / "metrics/grid/cifar10-relu-False-0.json")
     assert m["diverged"] is True and m["epochs"] == s["epochs_completed"] and math.isfinite(m["test_loss"])
-    assert "metrics/grid/cifar10/relu-false-0.json: test accuracy " in out
+    assert "metrics/grid/cifar10-relu-False-0.json: test accuracy " in out
     assert "(diverged: last finite weights)" in out
 
-    s = json.loads((repo / "models/grid/cifar10/sigmoid-false-0.json").read_text())
+    s = json.loads((repo / "models/grid/cifar10-sigmoid-False-0.json").read_text())
     assert s["diverged"] is False and s["epochs_completed"] == 3
-    assert strict_json(repo / "metrics/grid/cifar10/sigmoid-false-0.json")["diverged"] is False
+    assert strict_json(repo / "metrics/grid/cifar10-sigmoid-False-0.json")["diverged"] is False
 
     summary = strict_json(repo / "metrics/summary.json")["cifar10"]
     assert summary["variants"]["relu"]["diverged"] == 1 and summary["variants"]["sigmoid"]["diverged"] == 0
@@ -227,9 +227,10 @@ def test_json_outputs_are_strict_json(tmp_path):
 # --- damaged files, in-process ------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("damage", ["truncated", "flipped data", "flipped header", "empty", "not a zip"])
-def test_damaged_npz_is_refused_in_one_line(tmp_path, damage):
-    path = tmp_path / "cifar10" / "train.npz"
-    path.parent.mkdir()
+def test_damaged_npz_is_refused_in_one_line(tmp_path, monkeypatch, damage):
+    monkeypatch.chdir(tmp_path)
+    path = Path("data/prepared/cifar10/train.npz")
+    path.parent.mkdir(parents=True)
     rng = np.random.default_rng(0)
     np.savez(path, x=rng.integers(0, 256, (20, 32, 32, 3), dtype=np.uint8), y=np.arange(20) % 10)
     raw = bytearray(path.read_bytes())
@@ -245,82 +246,19 @@ def test_damaged_npz_is_refused_in_one_line(tmp_path, damage):
         raw = b"x" * 1000
     path.write_bytes(bytes(raw))
     with pytest.raises(UserError) as e:
-        load_split(path, 10)
+        load_split("cifar10", "train", 10)
     msg = str(e.value)
     assert msg.startswith(f"{path}: damaged or unreadable (") and "\n" not in msg
     assert msg.endswith("rebuild it with `dvc repro -f prepare@cifar10` or restore it with `dvc checkout`")
 
 
-def test_npz_of_the_wrong_shape_is_refused(tmp_path):
-    path = tmp_path / "cifar10" / "test.npz"
-    path.parent.mkdir()
+def test_npz_of_the_wrong_shape_is_refused(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    path = Path("data/prepared/cifar10/test.npz")
+    path.parent.mkdir(parents=True)
     np.savez(path, x=np.zeros((4, 32, 32), np.uint8), y=np.zeros(4, np.int64))
     with pytest.raises(UserError, match=r"expected x \(N, 32, 32, 3\) uint8 .* rebuild it with `dvc repro -f"):
-        load_split(path, 10)
+        load_split("cifar10", "test", 10)
     np.savez(path, x=np.zeros((4, 32, 32, 3), np.uint8), y=np.full(4, 10))  # label 10 of 10 classes
     with pytest.raises(UserError, match="labels < 10"):
-        load_split(path, 10)
-
-
-def fake_checkpoints(ckpt, fingerprint, epochs=(1, 2)):
-    ckpt.mkdir(parents=True)
-    (ckpt / "config.json").write_text(json.dumps(fingerprint))
-    for e in epochs:
-        d = ckpt / f"epoch-{e:04d}"
-        d.mkdir()
-        (d / "model.weights.h5").write_bytes(os.urandom(4096))
-        history = [{"loss": 1.0 / (i + 1)} for i in range(e)]
-        (d / "history.json").write_text(json.dumps({"epoch": e, "weights_sha256": _sha256(d / "model.weights.h5"),
-                                                    "history": history}))
-
-
-FINGERPRINT = {"dataset": "cifar10", "activation": "relu", "seed": 0, "train": {"epochs": 5}}
-
-
-def test_checkpoint_intact_resumes_from_the_newest(tmp_path):
-    fake_checkpoints(tmp_path / "c", FINGERPRINT)
-    epoch, weights, history = latest_checkpoint(tmp_path / "c", FINGERPRINT)
-    assert (epoch, weights, len(history)) == (2, tmp_path / "c/epoch-0002/model.weights.h5", 2)
-
-
-@pytest.mark.parametrize("damage", ["flipped byte", "truncated", "missing weights", "bad history", "no history"])
-def test_damaged_checkpoint_is_not_used(tmp_path, capsys, damage):
-    c = tmp_path / "c"
-    fake_checkpoints(c, FINGERPRINT)
-    weights = c / "epoch-0002/model.weights.h5"
-    if damage == "flipped byte":
-        raw = bytearray(weights.read_bytes())
-        raw[1000] ^= 0x01
-        weights.write_bytes(bytes(raw))
-    elif damage == "truncated":
-        weights.write_bytes(weights.read_bytes()[:100])
-    elif damage == "missing weights":
-        weights.unlink()
-    elif damage == "bad history":
-        (c / "epoch-0002/history.json").write_text('{"epoch": 2, "weights_sha')
-    else:
-        (c / "epoch-0002/history.json").unlink()
-    epoch, weights, history = latest_checkpoint(c, FINGERPRINT)
-    assert (epoch, weights, len(history)) == (1, c / "epoch-0001/model.weights.h5", 1)
-    assert capsys.readouterr().out == f"warning: {c}/epoch-0002 is damaged (checksum mismatch or unreadable); " \
-                                      "ignoring it\n"
-
-
-def test_every_checkpoint_damaged_starts_over(tmp_path, capsys):
-    c = tmp_path / "c"
-    fake_checkpoints(c, FINGERPRINT)
-    for d in c.glob("epoch-*"):
-        (d / "model.weights.h5").write_bytes(b"")
-    assert latest_checkpoint(c, FINGERPRINT) == (0, None, [])
-    assert capsys.readouterr().out.count("is damaged") == 2
-
-
-@pytest.mark.parametrize("config", ["other configuration", "missing config"])
-def test_checkpoint_of_another_configuration_is_discarded(tmp_path, config):
-    c = tmp_path / "c"
-    fake_checkpoints(c, FINGERPRINT)
-    if config == "missing config":
-        (c / "config.json").unlink()
-    fingerprint = {**FINGERPRINT, "train": {"epochs": 6}} if config == "other configuration" else FINGERPRINT
-    assert latest_checkpoint(c, fingerprint) == (0, None, [])
-    assert not c.exists()  # never resumed from, so removed
+        load_split("cifar10", "test", 10)

@@ -10,7 +10,8 @@ import yaml
 from tests.conftest import dvc, git, make_project, md5
 
 RELU, ELU = "train@cifar10-relu-False-0", "train@cifar10-elu-False-0"
-MODELS = ["models/grid/cifar10/relu-false-0.keras", "models/grid/cifar10/elu-false-0.keras", "models/experiment.keras"]
+MODELS = ["models/grid/cifar10-relu-False-0.keras", "models/grid/cifar10-elu-False-0.keras",
+          "models/experiment.keras"]
 
 
 def ignores(repo):
@@ -41,7 +42,7 @@ def test_two_machines_train_at_once_and_a_third_reproduces_without_training(tmp_
 
     # machine A: one grid entry and the experiment's own model; pushed first
     out = dvc("repro", RELU, "train_exp", cwd=a).stdout
-    assert "training models/grid/cifar10/relu-false-0.keras" in out and "/elu-false-0" not in out
+    assert "training models/grid/cifar10-relu-False-0.keras" in out and "-elu-False-0" not in out
     dvc("push", cwd=a)
     commit(a, "relu entry and the experiment, trained on A")
     git("push", "-q", "origin", "HEAD:main", cwd=a)
@@ -49,7 +50,7 @@ def test_two_machines_train_at_once_and_a_third_reproduces_without_training(tmp_
 
     # machine B, at the same time: the other entry, from the same commit (it prepares the data itself)
     out = dvc("repro", ELU, cwd=b).stdout
-    assert "training models/grid/cifar10/elu-false-0.keras" in out and out.count("training models/") == 1
+    assert "training models/grid/cifar10-elu-False-0.keras" in out and out.count("training models/") == 1
     assert md5(b / "data/prepared/cifar10/train.npz") == md5(a / "data/prepared/cifar10/train.npz")  # same bytes
     dvc("push", cwd=b)
     commit(b, "elu entry, trained on B")
@@ -68,8 +69,8 @@ def test_two_machines_train_at_once_and_a_third_reproduces_without_training(tmp_
     git("push", "-q", "origin", "HEAD:main", cwd=b)
     trained = {k: v for k, v in lock(b).items() if k.startswith("train")}
     assert set(trained) == {RELU, ELU, "train_exp"}
-    for path in ("models/grid/cifar10/.gitignore", "dvclive/grid/cifar10/.gitignore"):
-        assert {"/relu-false-0", "/elu-false-0"} <= {line.split(".")[0] for line in (b / path).read_text().split()}
+    for path in ("models/grid/.gitignore", "dvclive/grid/.gitignore"):
+        assert {"/cifar10-relu-False-0", "/cifar10-elu-False-0"} <= {line.split(".")[0] for line in (b / path).read_text().split()}
 
     # machine C: a fresh clone, the data from the DVC remote, the whole pipeline
     c = tmp_path / "c"

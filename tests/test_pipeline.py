@@ -6,7 +6,7 @@ import pytest
 
 from tests.conftest import dvc, git
 
-ENTRIES = ["relu-false-0", "elu-false-0"]  # the TINY grid
+ENTRIES = ["cifar10-relu-False-0", "cifar10-elu-False-0"]  # the TINY grid
 
 
 @pytest.fixture(scope="module")
@@ -22,11 +22,11 @@ def study(tmp_path_factory, cifar10_archive):
 def test_repro_trains_every_entry_and_reports(study):
     repo, out = study
     for e in ENTRIES:
-        assert f"training models/grid/cifar10/{e}.keras" in out
-        m = json.loads((repo / f"metrics/grid/cifar10/{e}.json").read_text())
+        assert f"training models/grid/{e}.keras" in out
+        m = json.loads((repo / f"metrics/grid/{e}.json").read_text())
         assert 0 <= m["test_error"] <= 1 and m["test_accuracy"] == pytest.approx(1 - m["test_error"])
         assert m["epochs"] == 2 and m["diverged"] is False and m["parameters"] > 0
-        per_class = json.loads((repo / f"results/grid/cifar10/{e}.json").read_text())["per_class_accuracy"]
+        per_class = json.loads((repo / f"results/grid/{e}.json").read_text())["per_class_accuracy"]
         assert len(per_class) == 10
     summary = json.loads((repo / "metrics/summary.json").read_text())["cifar10"]
     ranking = sorted(summary["variants"], key=lambda v: summary["variants"][v]["rank"])
@@ -37,7 +37,7 @@ def test_repro_trains_every_entry_and_reports(study):
     report = (repo / "reports/report.md").read_text()
     assert "| 1 |" in report and "Ranking:" in report
     for png in ("curves", "test_error", "bias_shift"):
-        assert (repo / f"reports/cifar10_{png}.png").stat().st_size > 10_000
+        assert (repo / f"plots/figures/cifar10_{png}.png").stat().st_size > 10_000
     curves = (repo / "plots/curves/cifar10.tsv").read_text().splitlines()
     assert curves[0].split("\t")[:1] == ["epoch"] and len(curves) == 1 + 2 * len(ENTRIES)  # 2 epochs each
 
@@ -47,7 +47,7 @@ def test_metrics_show_lists_every_variant(study):
     shown = json.loads(dvc("metrics", "show", "--json", cwd=repo).stdout)
     files = next(iter(shown.values()))["data"]
     for e in ENTRIES:
-        assert files[f"metrics/grid/cifar10/{e}.json"]["data"]["test_accuracy"] >= 0
+        assert files[f"metrics/grid/{e}.json"]["data"]["test_accuracy"] >= 0
     assert "metrics/experiment.json" in files
     assert "metrics/summary.json" not in files  # its nested ranking would widen every row; shown on request:
     summary = json.loads(dvc("metrics", "show", "--json", "metrics/summary.json", cwd=repo).stdout)

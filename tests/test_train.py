@@ -1,8 +1,10 @@
-"""The train stage as DVC runs it (subprocesses in temporary projects): it learns, it is deterministic on CPU,
-a killed run resumes to the weights an uninterrupted run reaches, and the grid's stages are one per entry.
+"""The train stage as DVC runs it (subprocesses in temporary projects), under both Keras backends: it learns,
+it is deterministic on CPU, a killed run resumes to the weights an uninterrupted run reaches, and the saved
+model loads and evaluates under the other backend. JAX runs in an interpreter where TensorFlow is not
+installed (tests/without_tensorflow), as on the GPU machines.
 
-Every Python process pays ~10 s of TensorFlow import, so the expensive runs are module fixtures shared by
-the tests that read them.
+Every Python process pays seconds of imports, so the expensive runs are module fixtures shared by the tests
+that read them.
 """
 import json
 import shutil
@@ -14,25 +16,28 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import yaml
 
-from stages.train import paths
+from stages.entry import paths
 from tests.archives import write_cifar
-from tests.conftest import ENV, ROOT, dvc, make_project, run, set_params
+from tests.conftest import BACKEND_ENV, ROOT, dvc, make_project, run, set_params
 
-ENTRY = ("cifar10", "elu", "false", "0")
+ENTRY = "cifar10-elu-False-0"
 OUT = paths("cifar10", "elu", False, 0)
 # 56 steps of SGD at batch 32 over 560 images. ELU at lr 0.01 with cosine decay reaches ~100% test accuracy on
 # the learnable archive in 4 epochs. ReLU at this width (12/24 channels) often dies at the last conv's
 # activation (every class score 0 -> chance), and lr 0.05 diverges; neither says anything about the stage.
 PARAMS = {"train": {"epochs": 4, "learning_rate": 0.01, "lr_schedule": "cosine"}}
+BACKENDS = ["tensorflow", "jax"]
 
 
-def train(repo, check=True):
-    return run([sys.executable, "-m", "stages.train", *ENTRY], repo, check=check)
+def train(repo, backend, check=True):
+    return run([sys.executable, "-m", "stages.train", ENTRY], repo, check=check, env=BACKEND_ENV[backend])
 
 
-def copy_repo(src, dest):
+def copy_repo(src, dest, backend):
     shutil.copytree(src, dest, symlinks=True)
+    set_params(dest, train={"backend": backend})
     return dest
 
 
@@ -69,20 +74,25 @@ def prepared(tmp_path_factory):
     return repo
 
 
+@pytest.fixture(scope="module", params=BACKENDS)
+def backend(request):
+    return request.param
+
+
 @pytest.fixture(scope="module")
-def uninterrupted(prepared, tmp_path_factory):
+def uninterrupted(prepared, backend, tmp_path_factory):
     """One uninterrupted run: its repo, and its console output."""
-    repo = copy_repo(prepared, tmp_path_factory.mktemp("uninterrupted") / "repo")
-    return repo, train(repo).stdout
+    repo = copy_repo(prepared, tmp_path_factory.mktemp(f"uninterrupted-{backend}") / "repo", backend)
+    return repo, train(repo, backend).stdout
 
 
 @pytest.fixture(scope="module")
-def killed(prepared, tmp_path_factory):
+def killed(prepared, backend, tmp_path_factory):
     """A run killed (SIGKILL) once its epoch-2 checkpoint exists; its repo, and a copy of its checkpoints."""
-    base = tmp_path_factory.mktemp("killed")
-    repo = copy_repo(prepared, base / "repo")
+    base = tmp_path_factory.mktemp(f"killed-{backend}")
+    repo = copy_repo(prepared, base / "repo", backend)
     ckpt = repo / OUT["ckpt"]
-    p = subprocess.Popen([sys.executable, "-m", "stages.train", *ENTRY], cwd=repo, env=ENV,
+    p = subprocess.Popen([sys.executable, "-m", "stages.train", ENTRY], cwd=repo, env=BACKEND_ENV[backend],
                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     deadline = time.monotonic() + 600
     while not (ckpt / "epoch-0002").exists() and p.poll() is None and time.monotonic() < deadline:
@@ -96,33 +106,35 @@ def killed(prepared, tmp_path_factory):
     return repo, base / "checkpoint"
 
 
-def test_a_tiny_model_learns(uninterrupted):
+def test_a_tiny_model_learns(uninterrupted, backend):
     repo, output = uninterrupted
     summary = json.loads((repo / OUT["summary"]).read_text())
     assert summary["epochs_completed"] == 4 and not summary["diverged"] and summary["resumed_from_epoch"] is None
     assert (summary["train_images"], summary["validation_images"], summary["precision"]) == (560, 40, "float32")
+    assert (summary["backend"], summary["device"]) == (backend, "cpu")
     assert not (repo / OUT["ckpt"]).exists()  # a finished run removes its checkpoints
     with np.load(repo / "data/prepared/cifar10/test.npz") as f:
         x, y = f["x"], f["y"]
-    import keras
+    import keras  # this process: TensorFlow, whichever backend trained the model
     model = keras.models.load_model(repo / OUT["model"], compile=False)  # takes raw pixels
     accuracy = float((model.predict(x.astype("float32"), verbose=0).argmax(1) == y).mean())
     assert len(y) == 200 and accuracy >= 0.6, f"test accuracy {accuracy} (chance: 0.1)\n{output[-3000:]}"
     loss = [float(v) for _, v in curves(repo / OUT["live"])["plots/metrics/train/loss.tsv"]]
     assert len(loss) == 4 and loss[-1] < loss[0] / 2
+    assert "expected: " in output and "for this model" in output  # the time estimate, a few steps in
 
 
-def test_same_seed_same_weights(prepared, uninterrupted, tmp_path):
-    repo = copy_repo(prepared, tmp_path / "repo")
-    train(repo)
+def test_same_seed_same_weights(prepared, uninterrupted, backend, tmp_path):
+    repo = copy_repo(prepared, tmp_path / "repo", backend)
+    train(repo, backend)
     assert_same_weights(repo / OUT["model"], uninterrupted[0] / OUT["model"])
     assert curves(repo / OUT["live"]) == curves(uninterrupted[0] / OUT["live"])
 
 
-def test_killed_run_resumes_to_the_weights_of_an_uninterrupted_one(killed, uninterrupted):
+def test_killed_run_resumes_to_the_weights_of_an_uninterrupted_one(killed, uninterrupted, backend):
     repo, _ = killed
-    output = train(repo).stdout
-    assert "resuming" in output and "epochs 3..4" in output, output[-3000:]
+    output = train(repo, backend).stdout
+    assert "resuming after epoch 2" in output and "epochs 3..4" in output, output[-3000:]
     summary = json.loads((repo / OUT["summary"]).read_text())
     assert summary["resumed_from_epoch"] == 2 and summary["epochs_completed"] == 4
     assert_same_weights(repo / OUT["model"], uninterrupted[0] / OUT["model"])
@@ -134,34 +146,63 @@ def test_killed_run_resumes_to_the_weights_of_an_uninterrupted_one(killed, unint
     assert not (repo / OUT["ckpt"]).exists()
 
 
-def test_checkpoint_of_other_params_is_not_resumed(prepared, killed, tmp_path):
-    repo = copy_repo(prepared, tmp_path / "repo")
-    shutil.copytree(killed[1], repo / OUT["ckpt"])  # epochs 1-2 made with learning_rate 0.01
-    set_params(repo, train={"learning_rate": 0.02})
-    output = train(repo).stdout
-    assert "resuming" not in output and "epochs 1..4" in output, output[-3000:]
-    summary = json.loads((repo / OUT["summary"]).read_text())
-    assert summary["resumed_from_epoch"] is None and summary["epochs_completed"] == 4
-    assert not (repo / OUT["ckpt"]).exists()
+def test_saved_model_evaluates_alike_under_the_other_backend(uninterrupted, backend):
+    """The .keras file is backend-neutral: the other backend's evaluate stage gives the same test metrics."""
+    repo, _ = uninterrupted
+    metrics = {}
+    for b in BACKENDS:
+        set_params(repo, train={"backend": b})
+        run([sys.executable, "-m", "stages.evaluate", ENTRY], repo, env=BACKEND_ENV[b])
+        metrics[b] = json.loads((repo / OUT["metrics"]).read_text())
+    assert metrics["tensorflow"]["backend"] == metrics["jax"]["backend"] == backend  # the training's backend
+    assert metrics["tensorflow"]["test_accuracy"] >= 0.6  # at most one near-tie of 200 images may flip
+    assert abs(metrics["tensorflow"]["test_accuracy"] - metrics["jax"]["test_accuracy"]) <= 1 / 200
+    assert metrics["tensorflow"]["test_loss"] == pytest.approx(metrics["jax"]["test_loss"], rel=1e-4)
+
+
+def test_checkpoint_of_other_params_or_code_is_not_resumed(prepared, killed, backend, tmp_path):
+    if backend == "jax":
+        pytest.skip("the fingerprint is the same code on both backends: tried once, under TensorFlow")
+    for change in ("params", "code"):
+        repo = copy_repo(prepared, tmp_path / change, backend)
+        shutil.copytree(killed[1], repo / OUT["ckpt"])  # epochs 1-2 made with these params and this code
+        if change == "params":
+            set_params(repo, train={"learning_rate": 0.02})
+        else:  # what shapes training, e.g. the split's seed, in a file the train stage depends on
+            entry_py = repo / "stages/entry.py"
+            entry_py.write_text(entry_py.read_text().replace("SPLIT_SEED = 0", "SPLIT_SEED = 1"))
+        output = train(repo, backend).stdout
+        assert "resuming" not in output and "epochs 1..4" in output, output[-3000:]
+        assert json.loads((repo / OUT["summary"]).read_text())["resumed_from_epoch"] is None
+
+
+def test_environment_disagreeing_with_the_backend_param_is_refused(prepared, tmp_path):
+    repo = copy_repo(prepared, tmp_path / "repo", "tensorflow")
+    p = run([sys.executable, "-m", "stages.train", ENTRY], repo, check=False,
+            env={**BACKEND_ENV["tensorflow"], "KERAS_BACKEND": "jax"})
+    assert p.returncode == 2 and p.stdout.strip().splitlines() == [
+        "error: params.yaml: train.backend = 'tensorflow' but the environment has KERAS_BACKEND=jax; unset "
+        "KERAS_BACKEND, or set the param: dvc exp run -S train.backend=jax"]
+    assert not (repo / "checkpoints").exists() and not (repo / "models").exists()
 
 
 def stage_names(repo):
     return dvc("stage", "list", "--name-only", cwd=repo).stdout.split()
 
 
-def test_one_train_and_evaluate_stage_per_grid_entry(tmp_path, cifar10_archive):
+def test_one_stage_per_grid_entry_and_no_params_value_in_any_command(tmp_path, cifar10_archive):
     repo = make_project(tmp_path / "repo", cifar10_archive,
                         {"grid": {"activation": ["relu", "elu"], "batch_norm": [False, True], "seed": [0]}})
     entries = [f"cifar10-{a}-{b}-0" for a in ("relu", "elu") for b in ("False", "True")]
     assert sorted(stage_names(repo)) == sorted(
-        ["check", "prepare@cifar10", *(f"train@{e}" for e in entries), *(f"evaluate@{e}" for e in entries),
+        ["check", "source@cifar10", "prepare@cifar10", *(f"train@{e}" for e in entries), *(f"evaluate@{e}" for e in entries),
          "train_exp", "evaluate_exp", "report"])
-    # each train stage's outputs are where stages/train.py writes them
-    listing = dvc("stage", "list", cwd=repo).stdout
-    for a in ("relu", "elu"):
-        for b in (False, True):
-            line = next(s for s in listing.splitlines() if s.startswith(f"train@cifar10-{a}-{b}-0 "))
-            assert str(paths("cifar10", a, b, 0)["model"]) in line
+    listing = dvc("stage", "list", cwd=repo).stdout  # each train stage's outputs are where train.py writes them
+    for e in entries:
+        line = next(s for s in listing.splitlines() if s.startswith(f"train@{e} "))
+        assert f"models/grid/{e}.keras" in line
+    commands = [s["cmd"] for s in yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"].values()]
+    assert commands and not [c for c in commands if "$" in c]  # entries come from $DVC_STAGE, not the shell
 
 
 def test_adding_an_activation_trains_only_the_new_entries(tmp_path, cifar10_archive):
@@ -187,7 +228,7 @@ def test_adding_an_activation_trains_only_the_new_entries(tmp_path, cifar10_arch
 def test_train_before_prepare_says_what_to_run(tmp_path):
     for f in ("stages", "params.yaml"):
         (shutil.copytree if (ROOT / f).is_dir() else shutil.copy)(ROOT / f, tmp_path / f)
-    p = run([sys.executable, "-m", "stages.train", "cifar10", "relu", "false", "0"], tmp_path, check=False)
+    p = run([sys.executable, "-m", "stages.train", "cifar10-relu-False-0"], tmp_path, check=False)
     assert p.returncode == 2
     errors = [line for line in p.stdout.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and "dvc repro prepare@cifar10" in errors[0]

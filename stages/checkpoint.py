@@ -1,0 +1,89 @@
+"""Per-epoch checkpoints of a training run, so that a killed run resumes to the weights an uninterrupted one
+reaches: checkpoints/<entry>/epoch-NNNN/{model.weights.h5, history.json} plus config.json, the fingerprint.
+
+A checkpoint is resumed only if its fingerprint equals the run's: the params, the seed, the precision, the
+backend, the prepared data's sha256 and the sha256 of every source file the train stage lists in dvc.yaml (code
+changed since the kill: start over, as dvc.lock records the new code). A checkpoint whose weights' checksum,
+epoch count or optimizer step count disagrees with its history is damaged: never loaded.
+"""
+import hashlib
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import yaml
+
+from stages.outputs import atomic_path, write_json
+
+KEEP = 2  # newest checkpoints kept: one may be damaged later (disk full, a kill mid-write)
+
+
+def sha256(path):
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def code_digest(stage):
+    """sha256 of every .py file that dvc.yaml lists as a dependency of `stage` (train or train_exp)."""
+    deps = yaml.safe_load(Path("dvc.yaml").read_text())["stages"][stage]["deps"]
+    return {d: sha256(d) for d in sorted(deps) if d.endswith(".py")}
+
+
+def seed_states(model):
+    """The Dropout layers' random-number states: save_weights() leaves them out, yet a resumed run needs them to
+    draw the masks an uninterrupted run would draw; history.json keeps them."""
+    return [v for v in model.variables if v.name == "seed_generator_state"]
+
+
+def _intact(d, fingerprint, model, steps_per_epoch):
+    """The history of checkpoint folder d if it is whole and consistent (and the model then holds its weights)."""
+    meta = json.loads((d / "history.json").read_text())
+    epoch, history = meta["epoch"], meta["history"]
+    if sha256(d / "model.weights.h5") != meta["weights_sha256"] or d.name != f"epoch-{epoch:04d}" \
+            or len(history) != epoch or not 0 < epoch <= fingerprint["train"]["epochs"]:
+        return None
+    model.load_weights(d / "model.weights.h5")  # model and optimizer (momentum, step count)
+    if int(np.asarray(model.optimizer.iterations)) != epoch * steps_per_epoch:
+        return None  # weights of another epoch than the history claims
+    states = meta["seed_states"]
+    for v, value in zip(seed_states(model), states, strict=True):
+        v.assign(np.array(value, dtype=v.dtype))
+    return history
+
+
+def resume(ckpt_dir, fingerprint, build, steps_per_epoch):
+    """(model, epoch, history): the newest intact checkpoint made with this exact fingerprint loaded into a model
+    from build() (built, compiled, optimizer built), or build()'s fresh model, (…, 0, []) when there is none.
+    Checkpoints of another fingerprint are deleted."""
+    config = ckpt_dir / "config.json"
+    if not config.exists() or json.loads(config.read_text()) != fingerprint:
+        shutil.rmtree(ckpt_dir, ignore_errors=True)  # another configuration's: never resume from it
+        ckpt_dir.mkdir(parents=True, exist_ok=True)
+        write_json(config, fingerprint)
+        return build(), 0, []
+    model = build()
+    for d in sorted(ckpt_dir.glob("epoch-*"), reverse=True):
+        try:
+            history = _intact(d, fingerprint, model, steps_per_epoch)
+        except (OSError, ValueError, KeyError, TypeError):
+            history = None
+        if history is not None:
+            print(f"resuming after epoch {len(history)} from {d}", flush=True)
+            return model, len(history), history
+        print(f"warning: {d} is damaged (checksum, epoch count or step count disagree); ignoring it", flush=True)
+        model = build()  # it may hold part of the damaged checkpoint
+    return model, 0, []
+
+
+def save(ckpt_dir, model, history):
+    """Checkpoint of the epoch just finished (len(history)); older ones beyond KEEP are removed."""
+    import keras
+    epoch = len(history)
+    with atomic_path(ckpt_dir / f"epoch-{epoch:04d}", directory=True) as d:
+        model.save_weights(d / "model.weights.h5")
+        (d / "history.json").write_text(json.dumps(
+            {"epoch": epoch, "weights_sha256": sha256(d / "model.weights.h5"), "history": history,
+             "seed_states": [keras.ops.convert_to_numpy(v).tolist() for v in seed_states(model)]}))
+    for old in sorted(ckpt_dir.glob("epoch-*"))[:-KEEP]:
+        shutil.rmtree(old)
+    return ckpt_dir / f"epoch-{epoch:04d}" / "model.weights.h5"

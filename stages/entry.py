@@ -1,0 +1,136 @@
+"""One model of the study: which one a stage trains or evaluates, its file names, its data and its split.
+
+Shared by train, evaluate and report (and the GPU study); holds no stage's main().
+
+A stage learns its entry from the name DVC runs it under (DVC sets $DVC_STAGE), never from values pasted into
+its command line: dvc.yaml's commands carry no params values, so no value of params.yaml can reach a shell.
+A grid entry's key is DVC's matrix key, <dataset>-<activation>-<True|False>-<seed> (e.g. cifar10-elu-True-0):
+the stage name is train@<key>, and every file of the entry is named <key> too (one spelling everywhere).
+"""
+import argparse
+import itertools
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from stages.params import UserError, load
+
+ACT_PREFIX = "act"  # activation layers are act1..act9: model names them, train probes them, report plots them
+SPLIT_SEED = 0  # the train/validation split and the subset are the same for every variant and seed
+PREPARED = Path("data/prepared")
+
+
+@dataclass(frozen=True)
+class Entry:
+    dataset: str
+    activation: str
+    batch_norm: bool
+    seed: int
+    experiment: bool = False  # the experiment's own model (train_exp/evaluate_exp): fixed file names
+
+    @property
+    def key(self):
+        return f"{self.dataset}-{self.activation}-{self.batch_norm}-{self.seed}"
+
+    @property
+    def label(self):
+        return f"{self.activation}+bn" if self.batch_norm else self.activation
+
+    @property
+    def paths(self):
+        """The entry's files; the experiment's own model has fixed names so that `dvc exp` can compare them."""
+        rel = "experiment" if self.experiment else f"grid/{self.key}"
+        return {"model": Path(f"models/{rel}.keras"), "summary": Path(f"models/{rel}.json"),
+                "live": Path("dvclive", rel), "ckpt": Path("checkpoints", rel),
+                "metrics": Path(f"metrics/{rel}.json"), "results": Path(f"results/{rel}.json")}
+
+
+def grid_entries(params):
+    """Every entry of params.yaml's grid, in grid order."""
+    g = params["grid"]
+    return [Entry(*e) for e in itertools.product(g["dataset"], g["activation"], g["batch_norm"], g["seed"])]
+
+
+def experiment_entry(params):
+    return Entry(params["dataset"], params["activation"], params["batch_norm"], params["train"]["seed"], True)
+
+
+def find(name, params):
+    """The entry a stage name stands for: `<stage>@<key>` or `<key>` of the grid, or `<stage>_exp`/`experiment`
+    for the experiment's own model. Only entries of the (validated) params.yaml are found."""
+    key = name.split("@", 1)[-1]
+    if key.endswith("_exp") or key == "experiment":
+        return experiment_entry(params)
+    for e in grid_entries(params):
+        if e.key == key:
+            return e
+    keys = ", ".join(e.key for e in grid_entries(params)[:4])
+    raise UserError(f"{name!r}: not an entry of params.yaml's grid (e.g. {keys}, …); "
+                    f"run a stage of `dvc stage list`, or add the values to grid.* in params.yaml")
+
+
+def from_command_line(description):
+    """(entry, params) of a train or evaluate process: the entry named on the command line, else $DVC_STAGE."""
+    ap = argparse.ArgumentParser(description=description)
+    ap.add_argument("entry", nargs="?", default=os.environ.get("DVC_STAGE"),
+                    help="a grid entry's key or stage name (cifar10-elu-True-0, train@cifar10-elu-True-0), or "
+                         "'experiment'; default: $DVC_STAGE, the stage DVC runs")
+    name = ap.parse_args().entry
+    if not name:
+        raise UserError("no entry given: name one (e.g. `python -m stages.train cifar10-relu-False-0`, see "
+                        "`dvc stage list`) or run the stage with `dvc repro`")
+    params = load()
+    return find(name, params), params
+
+
+def read_classes(dataset, params):
+    """The class names of a prepared dataset, checked: as many distinct non-empty strings as its labels have."""
+    path = PREPARED / dataset / "classes.json"
+    if not path.is_file():
+        raise UserError(f"{path}: missing; prepare the data first: dvc repro prepare@{dataset}")
+    fix = f"rebuild it with `dvc repro -f prepare@{dataset}` or restore it with `dvc checkout`"
+    try:
+        classes = json.loads(path.read_text())
+    except (ValueError, UnicodeDecodeError) as e:
+        raise UserError(f"{path}: not JSON ({type(e).__name__}); {fix}")
+    expected = 10 if dataset == "cifar10" else {"fine": 100, "coarse": 20}[params["data"][dataset]["labels"]]
+    if not (isinstance(classes, list) and all(isinstance(c, str) and c for c in classes)
+            and len(set(classes)) == len(classes) and len(classes) == expected):
+        raise UserError(f"{path}: must be a list of {expected} distinct class names, "
+                        f"got {str(classes)[:60]!r}; {fix}")
+    return classes
+
+
+def load_split(dataset, split, num_classes):
+    """x (N, 32, 32, 3) uint8 and y (N,) int64 from a prepared .npz; damaged files are refused, never used."""
+    path = PREPARED / dataset / f"{split}.npz"
+    try:
+        with np.load(path) as f:
+            x, y = f["x"], f["y"]
+    except Exception as e:
+        raise UserError(f"{path}: damaged or unreadable ({type(e).__name__}: {e}); rebuild it with "
+                        f"`dvc repro -f prepare@{dataset}` or restore it with `dvc checkout`")
+    if x.dtype != np.uint8 or x.shape[1:] != (32, 32, 3) or y.shape != (len(x),) or \
+            (len(y) and not 0 <= y.min() <= y.max() < num_classes):
+        raise UserError(f"{path}: expected x (N, 32, 32, 3) uint8 and y (N,) labels < {num_classes}, got "
+                        f"x {x.dtype} {x.shape}, y {y.shape}; rebuild it with `dvc repro -f prepare@{dataset}`")
+    return x, y
+
+
+def balanced_split(y, num_classes, validation, limit):
+    """Indices of a class-balanced validation set and training subset (limit=None: all the rest)."""
+    order = np.random.default_rng(SPLIT_SEED).permutation(len(y))
+    by_class = [order[y[order] == c] for c in range(num_classes)]
+    v = validation // num_classes
+    val = np.concatenate([idx[:v] for idx in by_class])
+    rest = [idx[v:] for idx in by_class]
+    train = np.concatenate([idx[:limit // num_classes] for idx in rest] if limit else rest)
+    return np.sort(train), np.sort(val)
+
+
+def paths(dataset, activation, batch_norm, seed, experiment=False):
+    """The files of one entry (Entry.paths), for code that has the entry's values at hand."""
+    return Entry(dataset, activation, batch_norm, seed, experiment).paths
