@@ -1,12 +1,42 @@
 """Every stage output is written under a temporary name beside its final path and renamed when complete,
-so a killed stage never leaves a half-written file that looks finished."""
+so a killed stage never leaves a half-written file that looks finished. The temporary, .<name>.<pid>.<random>.tmp,
+is removed on failure, Ctrl-C and SIGTERM (stages.params.cli); one left by SIGKILL is removed by the next
+writer of the same output, once its pid is gone."""
 import contextlib
 import json
 import math
 import os
+import re
 import shutil
 import tempfile
 from pathlib import Path
+
+
+def _alive(pid):
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process
+        return True
+    return True
+
+
+def temporary(final):
+    """A new temporary folder beside final, named after it and this process (see remove_stale)."""
+    return Path(tempfile.mkdtemp(prefix=f".{Path(final).name}.{os.getpid()}.", suffix=".tmp", dir=Path(final).parent))
+
+
+def remove_stale(final):
+    """Removes the temporaries of final that killed writers left: .<name>.<pid>.<8 random>.tmp whose pid no
+    longer runs, and the pid-less .<name>.<8 random>.tmp of older versions. A live writer's temporary stays,
+    and other outputs' never match (the random part holds no dot, so `.a.json.<pid>.…` is not `a`'s)."""
+    final = Path(final)
+    stale = re.compile(re.escape(f".{final.name}.") + r"(?:(\d+)\.)?[a-z0-9_]{8}\.tmp")
+    for p in final.parent.iterdir() if final.parent.is_dir() else []:
+        match = stale.fullmatch(p.name)
+        if match and not (match[1] and _alive(int(match[1]))):
+            shutil.rmtree(p, ignore_errors=True) if p.is_dir() and not p.is_symlink() else p.unlink(missing_ok=True)
 
 
 @contextlib.contextmanager
@@ -14,7 +44,8 @@ def atomic_path(final, directory=False):
     """Yields a temporary path in final's folder; on success it replaces final, on failure it is removed."""
     final = Path(final)
     final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent))
+    remove_stale(final)
+    tmp = temporary(final)
     os.chmod(tmp, 0o755)  # mkdtemp's 0700 would make a finished output folder private
     target = tmp if directory else tmp / final.name
     try:

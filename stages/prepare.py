@@ -5,9 +5,9 @@ data/prepared/<dataset>/{train,test}.npz with x (N, 32, 32, 3) uint8 NHWC and y 
 data/prepared/<dataset>/classes.json, the class names in label order.
 """
 import argparse
+import hashlib
 import json
 import shutil
-import tempfile
 import urllib.parse
 import urllib.request
 import warnings
@@ -16,40 +16,72 @@ from pathlib import Path
 import numpy as np
 
 from stages import cifar
-from stages.outputs import atomic_path
+from stages.outputs import atomic_path, remove_stale, temporary
 from stages.params import DATASETS, UserError, cli, load
 
 RAW, PREPARED = Path("data/raw"), Path("data/prepared")
 
 
+def _local_file(url, key):
+    """The local file that url names (a plain path or a file:// URL); None for http(s)."""
+    parsed = urllib.parse.urlparse(url)
+    if parsed.scheme in ("http", "https"):
+        return None
+    if parsed.scheme == "file":
+        path = Path(urllib.request.url2pathname(parsed.path))
+        if not path.is_file():
+            raise UserError(f"{key}.url: {url!r}: no such file")
+        return path
+    path = Path(url).expanduser().resolve()
+    if not path.is_file():
+        raise UserError(f"{key}.url: {url!r} is neither a URL nor an existing file; give an http(s):// "
+                        f"or file:// URL or the path of a local archive")
+    return path
+
+
+def _download(url, name, folder, key):
+    from keras.utils import get_file  # progress bar and retries in one well-kept place
+
+    try:
+        return Path(get_file(name, url, cache_dir=folder, cache_subdir="."))
+    except Exception as e:  # get_file wraps network errors in generic exceptions
+        raise UserError(f"{key}.url: cannot download {url} ({type(e).__name__}: {e}); offline, download "
+                        f"the archive elsewhere and set {key}.url to its local path or file:// URL") from None
+
+
+def file_md5(path):
+    with open(path, "rb") as f:
+        return hashlib.file_digest(f, "md5").hexdigest()
+
+
+def _verify(path, md5, url, local, key):
+    """Refuses an archive whose md5 is not md5, printing both and the fix that fits where it came from."""
+    actual = file_md5(path)
+    if md5 is not None and actual != md5:
+        fix = (f"check that {key}.url names the right file, or set {key}.md5 to {actual} if it is" if local else
+               f"download it again (a cut download), or set {key}.md5 to {actual} if this archive is right")
+        raise UserError(f"{key}.md5: {local or url} has md5 {actual}, expected {md5}; {fix} (null skips the check)")
+    return actual
+
+
 def fetch(url, md5, dest_dir, key):
     """The archive at url in dest_dir, md5-checked. http(s), file:// and plain local paths are accepted."""
-    from keras.utils import get_file  # progress bar, resumable cache and hash check in one well-kept place
-
-    parsed = urllib.parse.urlparse(url)
-    if parsed.scheme not in ("http", "https", "file"):
-        local = Path(url).expanduser().resolve()
-        if not local.is_file():
-            raise UserError(f"{key}.url: {url!r} is neither a URL nor an existing file; give an http(s):// "
-                            f"or file:// URL or the path of a local archive")
-        url = local.as_uri()
-    elif parsed.scheme == "file" and not Path(urllib.request.url2pathname(parsed.path)).is_file():
-        raise UserError(f"{key}.url: {url!r}: no such file")
+    local = _local_file(url, key)
+    name = local.name if local else urllib.parse.unquote(urllib.parse.urlparse(url).path).rsplit("/", 1)[-1]
+    if name in ("", ".", ".."):  # params' check refuses these too; the archive is saved under this name
+        raise UserError(f"{key}.url: {url!r} does not end in the archive's file name; give the archive's own URL")
     if md5 is None:
         warnings.warn(f"{key}.md5 is null: the archive's integrity is not checked", stacklevel=1)
-    name = Path(parsed.path).name or "archive.tar.gz"
     dest_dir.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=dest_dir.parent, prefix=".download-") as tmp:
-        try:
-            path = get_file(name, url, file_hash=md5, hash_algorithm="md5", cache_dir=tmp, cache_subdir=".")
-        except Exception as e:  # get_file wraps network errors in generic exceptions
-            if "hash does not match" in str(e):
-                raise UserError(f"{key}.md5: the archive from {url} does not match md5 {md5}; "
-                                f"download it again, or set {key}.md5 to the right digest (null skips the check)")
-            raise UserError(f"{key}.url: cannot download {url} ({type(e).__name__}: {e}); offline, download "
-                            f"the archive elsewhere and set {key}.url to its local path or file:// URL")
+    remove_stale(dest_dir)  # a killed earlier run's download
+    folder = temporary(dest_dir)
+    try:
+        path = shutil.copyfile(local, folder / name) if local else _download(url, name, folder, key)
+        _verify(path, md5, url, local, key)
         with atomic_path(dest_dir, directory=True) as out:
             shutil.move(path, out / name)
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
     return dest_dir / name
 
 

@@ -1,0 +1,36 @@
+"""source@<dataset>: a stamp of the archive prepare@<dataset> reads, rewritten on every `dvc repro`.
+
+DVC tracks params.yaml, not the file data.<dataset>.url names: a local archive replaced at the same path (with
+md5: null) went unnoticed. This stage is `always_changed` and cheap (one md5 of the local file, ~0.3 s for
+CIFAR-10); it writes data/source/<dataset>.json = {"url": ..., "md5": ...}: for a local file (a path or file://)
+the md5 of its content, for http(s) the md5 params.yaml gives (a remote file is not fetched to check it).
+prepare@<dataset> depends on the stamp: same archive, same bytes, so prepare and everything after it stay
+cached; another archive, another stamp, and prepare reruns. Touching the file changes nothing.
+"""
+import argparse
+import json
+from pathlib import Path
+
+from stages.outputs import atomic_path
+from stages.params import DATASETS, cli, load
+from stages.prepare import _local_file, file_md5
+
+SOURCE = Path("data/source")
+
+
+def stamp(url, md5, key):
+    local = _local_file(url, key)
+    return {"url": url, "md5": file_md5(local) if local else md5}
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("dataset", choices=DATASETS)
+    dataset = parser.parse_args().dataset
+    cfg = load()["data"][dataset]
+    with atomic_path(SOURCE / f"{dataset}.json") as tmp:
+        tmp.write_text(json.dumps(stamp(cfg["url"], cfg["md5"], f"data.{dataset}"), indent=1) + "\n")
+
+
+if __name__ == "__main__":
+    cli(main)
