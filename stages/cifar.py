@@ -16,8 +16,10 @@ import io
 import lzma
 import math
 import pickle
+import queue
 import re
 import tarfile
+import threading
 import zlib
 
 import numpy as np
@@ -180,6 +182,50 @@ class _Bounded:
         return data
 
 
+class _ReadAhead:
+    """Reads f in a thread, up to 8 MB ahead: zlib, bz2 and lzma release the GIL, so decompression runs beside
+    the decoding in the caller's thread (the pass then takes little more than the decompression alone)."""
+
+    CHUNK, AHEAD = 1 << 20, 8
+
+    def __init__(self, f):
+        self.chunks, self.buf, self.eof = queue.Queue(self.AHEAD), b"", False
+        self.stopped = threading.Event()
+        self.thread = threading.Thread(target=self._fill, args=(f,), daemon=True)
+        self.thread.start()
+
+    def _fill(self, f):
+        try:
+            while self._put(chunk := f.read(self.CHUNK)) and chunk:
+                pass
+        except BaseException as e:  # handed to the reader, raised there
+            self._put(e)
+
+    def _put(self, item):
+        while not self.stopped.is_set():
+            with contextlib.suppress(queue.Full):
+                self.chunks.put(item, timeout=0.1)
+                return True
+        return False
+
+    def read(self, n):
+        parts, have = [self.buf], len(self.buf)
+        while have < n and not self.eof:
+            item = self.chunks.get()
+            if isinstance(item, BaseException):
+                raise item
+            self.eof = not item
+            parts.append(item)
+            have += len(item)
+        data = b"".join(parts)
+        self.buf = data[n:]
+        return data[:n]
+
+    def close(self):
+        self.stopped.set()
+        self.thread.join()
+
+
 # compressions by magic bytes; each module's file object reads every member (gzip) or stream (bz2, xz) in turn
 DECOMPRESS = ((b"\x1f\x8b", lambda f: gzip.GzipFile(fileobj=f, mode="rb")), (b"BZh", bz2.BZ2File),
               (b"\xfd7zXZ\x00", lzma.LZMAFile))
@@ -210,6 +256,7 @@ class Archive:
             for magic, opener in DECOMPRESS:
                 if head.startswith(magic):
                     f = stack.enter_context(opener(f))
+                    f = stack.enter_context(contextlib.closing(_ReadAhead(f)))
             # "r|": a stream, never seeking back; 1 MB reads
             yield self._guard(tarfile.open, fileobj=_Bounded(f, self.path), mode="r|", bufsize=1 << 20,
                               tarinfo=_StrictTarInfo)
