@@ -93,7 +93,17 @@ STREAM_MAX = max(sum(MEMBER_MAX[m] for s in SPLITS for m in lay[s]) for ls in LA
 
 # --- the restricted unpickler ----------------------------------------------------------------------------------
 
-_NDARRAY = object()  # stands for numpy.ndarray in a pickle: never callable, so arrays come only via _reconstruct
+class _NdarrayName:
+    """numpy.ndarray as a pickle names it: _reconstruct's first argument, never called (a direct call builds an
+    array of any shape and strides over any buffer: 10^15 images with zero strides from 8 bytes)."""
+
+    __slots__ = ()
+
+    def __call__(self, *args, **kwargs):
+        raise pickle.UnpicklingError("refused call of numpy.ndarray (arrays come only through _reconstruct)")
+
+
+_NDARRAY = _NdarrayName()
 _DTYPE = re.compile(r"[<>|=]?[biuf][1248]")  # plain numeric dtypes, as numpy pickles them ('u1', 'i8', ...)
 
 
@@ -320,7 +330,7 @@ def _unpickle(where, raw, *keys):
         return [d[k] for k in keys]
     except Exception as e:  # a hostile or damaged pickle can raise almost anything
         raise UserError(f"{where}: not a CIFAR pickle with keys {[k.decode() for k in keys]} "
-                        f"({type(e).__name__}: {' '.join(str(e).split())[:200]})") from None
+                        f"({type(e).__name__}: {' '.join(str(e).split())[:200]}); use the official archive") from None
 
 
 def _labels(where, y):
@@ -343,7 +353,7 @@ def _labels(where, y):
 def _decode_python(where, raw, label_key):
     x, y = _unpickle(where, raw, b"data", label_key)
     if not (isinstance(x, _Array) and x.dtype == np.uint8 and x.ndim == 2 and x.shape[1] == PIXELS):
-        raise UserError(f"{where}: images must be {PIXELS} uint8 bytes each, got {_what(x)}")
+        raise UserError(f"{where}: images must be {PIXELS} uint8 bytes each, got {_what(x)}; use the official archive")
     return x.view(np.ndarray), _labels(where, y)
 
 
@@ -351,7 +361,8 @@ def _decode_binary(where, raw, label_offset, label_bytes):
     raw = np.frombuffer(raw, dtype=np.uint8)
     record = label_bytes + PIXELS
     if raw.size == 0 or raw.size % record:
-        raise UserError(f"{where}: {raw.size} bytes is not a whole number of {record}-byte records")
+        raise UserError(f"{where}: {raw.size} bytes is not a whole number of {record}-byte records; "
+                        f"use the official archive")
     rows = raw.reshape(-1, record)
     return rows[:, label_bytes:], rows[:, label_offset].astype(np.int64)
 
@@ -359,7 +370,7 @@ def _decode_binary(where, raw, label_offset, label_bytes):
 def _class_names(where, names, num_classes):
     """names (str) checked: num_classes of them, none empty, none repeated."""
     if len(names) != num_classes:
-        raise UserError(f"{where}: {len(names)} class names, expected {num_classes}")
+        raise UserError(f"{where}: {len(names)} class names, expected {num_classes}; use the official archive")
     seen = set()
     for n in names:
         if not n or n in seen:
@@ -372,7 +383,8 @@ def _class_names(where, names, num_classes):
 def _python_names(where, raw, key):
     names = _unpickle(where, raw, key)[0]
     if not (isinstance(names, list) and all(isinstance(n, bytes) for n in names)):
-        raise UserError(f"{where}: class names must be a list of byte strings, found {_what(names)}")
+        raise UserError(f"{where}: class names must be a list of byte strings, found {_what(names)}; "
+                        f"use the official archive")
     return [n.decode("utf-8", "replace") for n in names]
 
 
@@ -420,11 +432,12 @@ def _decoders(path, dataset, layout_name, labels):
 
 def _check(where, x, y, num_classes, most):
     if len(y) != len(x):
-        raise UserError(f"{where}: {len(x)} images but {len(y)} labels")
+        raise UserError(f"{where}: {len(x)} images but {len(y)} labels; use the official archive")
     if len(x) > most:
-        raise UserError(f"{where}: {len(x)} images, more than the {most} this member holds in the official archive")
+        raise UserError(f"{where}: {len(x)} images, more than the {most} this member holds; use the official archive")
     if len(y) and (y.min() < 0 or y.max() >= num_classes):
-        raise UserError(f"{where}: labels must lie in 0..{num_classes - 1}, found {y.min()}..{y.max()}")
+        raise UserError(f"{where}: labels must lie in 0..{num_classes - 1}, found {y.min()}..{y.max()}; "
+                        f"use the official archive")
 
 
 def _every_class(path, splits, classes):

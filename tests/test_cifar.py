@@ -109,8 +109,8 @@ def test_plane_order_on_hand_made_pixels(tmp_path, layout):
         m[f"{PY10}/test_batch"] = _pickle({b"data": test_rows, b"labels": test_labels})
         m[f"{PY10}/batches.meta"] = _pickle({b"label_names": [n.encode() for n in CIFAR10_NAMES]})
     else:
-        m = {f"{BIN10}/data_batch_{b}.bin": b"".join(bytes([labels[i]]) + rows[i].tobytes() for i in (2 * b - 2, 2 * b - 1))
-             for b in range(1, 6)}
+        records = [bytes([lab]) + r.tobytes() for lab, r in zip(labels, rows)]
+        m = {f"{BIN10}/data_batch_{b}.bin": b"".join(records[2 * b - 2:2 * b]) for b in range(1, 6)}
         m[f"{BIN10}/test_batch.bin"] = b"".join(bytes([lab]) + r.tobytes() for lab, r in zip(test_labels, test_rows))
         m[f"{BIN10}/batches.meta.txt"] = "\n".join(CIFAR10_NAMES).encode()
     splits, _ = cifar.read(write_archive(tmp_path / "a.tar.gz", m), "cifar10")
