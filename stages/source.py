@@ -12,10 +12,20 @@ import json
 from pathlib import Path
 
 from stages.outputs import atomic_path
-from stages.params import DATASETS, cli, load
+from stages.params import DATASETS, PARAMS, SCHEMA, UserError, _validate, cli, parse
 from stages.prepare import _local_file, file_md5
 
 SOURCE = Path("data/source")
+
+
+def data_params(dataset):
+    """data.<dataset> of params.yaml, checked. Only that section: this stage runs on every `dvc repro`, and the
+    full check (the check stage's, which runs first) imports Keras for the activation names, ~4 s."""
+    errors, params = [], parse()
+    _validate(SCHEMA["data"], params.get("data") if isinstance(params, dict) else None, "data.", errors)
+    if errors:
+        raise UserError(f"{PARAMS}: " + f"\nerror: {PARAMS}: ".join(errors))
+    return params["data"][dataset]
 
 
 def stamp(url, md5, key):
@@ -27,7 +37,7 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("dataset", choices=DATASETS)
     dataset = parser.parse_args().dataset
-    cfg = load()["data"][dataset]
+    cfg = data_params(dataset)
     with atomic_path(SOURCE / f"{dataset}.json") as tmp:
         tmp.write_text(json.dumps(stamp(cfg["url"], cfg["md5"], f"data.{dataset}"), indent=1) + "\n")
 
