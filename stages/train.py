@@ -83,7 +83,8 @@ def summary(entry, t, recorder, data, precision, device, start, seconds):
         "backend": keras.backend.backend(), "precision": precision, "device": device,
         "parameters": int(recorder.model.count_params()), "train_seconds": float(sum(spent)),
         "seconds_per_epoch": float(np.mean(spent)) if spent else None,
-        "images_per_second": len(data[1]) // t["batch_size"] * t["batch_size"] / float(np.mean(spent))
+        # training speed: epochs after the first when there are some (the first one includes compilation)
+        "images_per_second": len(data[1]) // t["batch_size"] * t["batch_size"] / float(np.median(spent[1:] or spent))
         if spent else None,
         "resumed_from_epoch": start or None, "session_seconds": seconds}
 
