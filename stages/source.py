@@ -12,20 +12,10 @@ import json
 from pathlib import Path
 
 from stages.outputs import atomic_path
-from stages.params import DATASETS, PARAMS, SCHEMA, UserError, _validate, cli, parse
-from stages.prepare import _local_file, file_md5
+from stages.params import DATASETS, cli
+from stages.prepare import _local_file, data_params, file_md5
 
 SOURCE = Path("data/source")
-
-
-def data_params(dataset):
-    """data.<dataset> of params.yaml, checked. Only that section: this stage runs on every `dvc repro`, and the
-    full check (the check stage's, which runs first) imports Keras for the activation names, ~4 s."""
-    errors, params = [], parse()
-    _validate(SCHEMA["data"], params.get("data") if isinstance(params, dict) else None, "data.", errors)
-    if errors:
-        raise UserError(f"{PARAMS}: " + f"\nerror: {PARAMS}: ".join(errors))
-    return params["data"][dataset]
 
 
 def stamp(url, md5, key):
