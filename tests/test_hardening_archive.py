@@ -15,7 +15,6 @@ import numpy as np
 import pytest
 
 from stages import cifar
-from stages.params import UserError
 from tests.archives import CIFAR10_NAMES, _pickle, binary_members, make_dataset, python_members, write_archive
 from tests.conftest import ENV, ROOT
 from tests.test_cifar import PY10, BIN10, read_error, rewrite_python, unpickled
@@ -73,7 +72,6 @@ def test_second_tar_appended_after_the_end_is_refused(tmp_path, c10):
 CHILD = """
 import resource, sys
 from stages import cifar
-from stages.params import UserError
 try:
     cifar.read(sys.argv[1], "cifar10")
     print("accepted", file=sys.stderr)
