@@ -72,6 +72,7 @@ def test_second_tar_appended_after_the_end_is_refused(tmp_path, c10):
 CHILD = """
 import resource, sys
 from stages import cifar
+from stages.params import UserError
 try:
     cifar.read(sys.argv[1], "cifar10")
     print("accepted", file=sys.stderr)
