@@ -37,6 +37,9 @@ def main():
     out = entry.paths
     classes = read_classes(entry.dataset, params)
     x, y = load_split(entry.dataset, "test", len(classes))
+    if not (out["summary"].is_file() and out["model"].is_file()):
+        raise UserError(f"{out['model']}: missing; train it first: dvc repro "
+                        f"{'train_exp' if entry.experiment else 'train@' + entry.key}")
     summary = json.loads(out["summary"].read_text())
     p, seconds = predict(load_model(out["model"]), x.astype("float32"), params["evaluate"]["batch_size"])
     pred = p.argmax(1)

@@ -4,11 +4,13 @@ Every key is validated up front, before any download or training: unknown or mis
 sizes <= 0, unknown activations or datasets, and names that would reach a shell (stage names, file names
 and stage commands are built from grid values, so those must be plain identifiers).
 """
+import contextlib
 import difflib
 import os
 import re
 import signal
 import sys
+import threading
 import urllib.parse
 from pathlib import Path
 
@@ -40,13 +42,56 @@ def cli(main):
     the same signal, so the caller sees it killed."""
     signal.signal(signal.SIGTERM, _terminate)
     try:
-        main()
+        with _without_native_noise():
+            main()
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
     except _Terminated:
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
         os.kill(os.getpid(), signal.SIGTERM)
+
+
+def dataset_argument(parser):
+    """The dataset a per-dataset stage works on: named on the command line, else the part of the stage name after
+    '@' ($DVC_STAGE, e.g. prepare@cifar10), so that dvc.yaml's commands carry no params value."""
+    stage = os.environ.get("DVC_STAGE", "")
+    parser.add_argument("dataset", nargs="?", choices=DATASETS, default=stage.split("@", 1)[1] if "@" in stage else None)
+    dataset = parser.parse_args().dataset
+    if dataset is None:
+        raise UserError("no dataset given: name one (e.g. cifar10) or run the stage with `dvc repro`")
+    return dataset
+
+
+# TensorFlow's and XLA's C++ start-up lines (absl format `I0000 00:00:… file.cc:N] …`), and the cuInit error of a
+# CPU-only machine: not failures, yet they look like ones. Written to file descriptor 2 by C++, before any
+# Python logging setting applies, so they are filtered there.
+_NOISE = re.compile(r"^(WARNING: All log messages before absl::InitializeLog|[IW]\d{4} \d\d:\d\d:|"
+                    r"E\d{4} .*(cuInit|cuda|CUDA))")
+
+
+@contextlib.contextmanager
+def _without_native_noise():
+    """Everything written to stderr during the block, less the _NOISE lines."""
+    sys.stderr.flush()
+    saved, (read, write) = os.dup(2), os.pipe()
+    os.dup2(write, 2)
+    os.close(write)
+
+    def copy():
+        with os.fdopen(read, "rb") as lines:
+            for line in lines:
+                if not _NOISE.match(line.decode(errors="replace")):
+                    os.write(saved, line)
+    thread = threading.Thread(target=copy, daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        sys.stderr.flush()
+        os.dup2(saved, 2)  # closes the pipe's last writer: the thread reads to its end, then stops
+        thread.join(timeout=5)
+        os.close(saved)
 
 
 # --- value checks: each returns None when the value is fine, else what is allowed --------------------------

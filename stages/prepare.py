@@ -17,7 +17,7 @@ import numpy as np
 
 from stages import cifar
 from stages.outputs import atomic_path, remove_stale, temporary
-from stages.params import DATASETS, PARAMS, SCHEMA, UserError, _validate, cli, parse
+from stages.params import PARAMS, SCHEMA, UserError, _validate, cli, dataset_argument, parse
 
 RAW, PREPARED = Path("data/raw"), Path("data/prepared")
 
@@ -98,8 +98,7 @@ def data_params(dataset):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("dataset", choices=DATASETS)
-    dataset = parser.parse_args().dataset
+    dataset = dataset_argument(parser)
     cfg = data_params(dataset)
     archive = fetch(cfg["url"], cfg["md5"], RAW / dataset, f"data.{dataset}")
     splits, classes = cifar.read(archive, dataset, cfg.get("labels", "fine"))

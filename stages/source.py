@@ -12,7 +12,7 @@ import json
 from pathlib import Path
 
 from stages.outputs import atomic_path
-from stages.params import DATASETS, cli
+from stages.params import cli, dataset_argument
 from stages.prepare import _local_file, data_params, file_md5
 
 SOURCE = Path("data/source")
@@ -25,8 +25,7 @@ def stamp(url, md5, key):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("dataset", choices=DATASETS)
-    dataset = parser.parse_args().dataset
+    dataset = dataset_argument(parser)
     cfg = data_params(dataset)
     with atomic_path(SOURCE / f"{dataset}.json") as tmp:
         tmp.write_text(json.dumps(stamp(cfg["url"], cfg["md5"], f"data.{dataset}"), indent=1) + "\n")

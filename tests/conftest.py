@@ -78,8 +78,8 @@ def make_project(dest, archive, params=None):
             shutil.copytree(src, dest / f, ignore=shutil.ignore_patterns("__pycache__"), dirs_exist_ok=True)
         else:
             shutil.copy(src, dest / f)
-    set_params(dest, **merge(merge({}, TINY), params or {}),
-               data={"cifar10": {"url": str(archive), "md5": md5(archive)}})
+    set_params(dest, **merge(merge(merge({}, TINY), {"data": {"cifar10": {"url": str(archive), "md5": md5(archive)}}}),
+                             params or {}))
     git("add", "-A", cwd=dest)
     git("commit", "-qm", "project", cwd=dest)
     return dest

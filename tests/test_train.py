@@ -233,3 +233,23 @@ def test_train_before_prepare_says_what_to_run(tmp_path):
     errors = [line for line in p.stdout.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and "dvc repro prepare@cifar10" in errors[0]
     assert not (tmp_path / "models").exists() and not (tmp_path / "checkpoints").exists()
+
+
+def activation_means(live_dir):
+    """{act<i>_mean: value of the last epoch} from a run's dvclive curves."""
+    return {tsv.stem: float(tsv.read_text().splitlines()[-1].split("\t")[1])
+            for tsv in Path(live_dir, "plots/metrics/train").glob("act*_mean.tsv")}
+
+
+def test_bias_shift_statistics_agree_in_bf16_and_float32(prepared, tmp_path):
+    """Regression: numpy reduced bf16 activations in bf16, which made the means 100-1000x too small."""
+    means = {}
+    for precision in ("float32", "mixed_bfloat16"):
+        repo = copy_repo(prepared, tmp_path / precision, "tensorflow")
+        set_params(repo, train={"precision": precision, "epochs": 1, "probe_images": 256})
+        train(repo, "tensorflow")
+        assert json.loads((repo / OUT["summary"]).read_text())["precision"] == precision
+        means[precision] = activation_means(repo / OUT["live"])
+    assert sorted(means["float32"]) == [f"act{i}_mean" for i in range(1, 10)]
+    for name, value in means["float32"].items():
+        assert abs(value) > 1e-3 and means["mixed_bfloat16"][name] == pytest.approx(value, rel=0.1), (name, means)
