@@ -188,11 +188,11 @@ def test_damaged_prepared_file_is_refused_then_restored_without_retraining(kille
 # --- divergence ---------------------------------------------------------------------------------------------
 
 def test_diverging_entry_is_flagged_and_the_study_completes(tmp_path, cifar10_archive):
-    """lr 2 with no momentum: ReLU's loss becomes NaN within two epochs, the sigmoid's stays finite. Integer
+    """lr 10 with no momentum: ReLU's loss becomes NaN within three epochs, the sigmoid's stays finite. Integer
     learning_rate and momentum, as a user types them, are accepted by training too (regression)."""
     repo = make_project(tmp_path / "repo", cifar10_archive, {
         "grid": {"activation": ["relu", "sigmoid"]},
-        "train": {"learning_rate": 2, "momentum": 0, "lr_schedule": "constant", "epochs": 3}})
+        "train": {"learning_rate": 10, "momentum": 0, "lr_schedule": "constant", "epochs": 3}})
     out = dvc("repro", "report", cwd=repo).stdout  # exit 0 or AssertionError
 
     s = json.loads((repo / "models/grid/cifar10-relu-False-0.json").read_text())

@@ -1,0 +1,105 @@
+"""stages/checkpoint.py in-process, on a small real Keras model: the newest intact checkpoint is resumed; damaged
+ones (checksum, epoch count, step count, history beyond train.epochs) and other configurations' never are."""
+import json
+
+import numpy as np
+import pytest
+
+from stages import checkpoint
+
+FINGERPRINT = {"dataset": "cifar10", "activation": "relu", "seed": 0, "train": {"epochs": 5}, "code_sha256": {}}
+STEPS = 3  # optimizer steps per epoch
+
+
+def build():
+    import keras
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential([keras.Input((4,)), keras.layers.Dropout(0.1), keras.layers.Dense(2)])
+    model.compile(keras.optimizers.SGD(0.1, momentum=0.9), "mse")
+    model.optimizer.build(model.trainable_variables)
+    return model
+
+
+@pytest.fixture
+def two_epochs(tmp_path):
+    """checkpoints/…/epoch-0001 and epoch-0002 of a model trained STEPS steps per epoch; and that model."""
+    ckpt = tmp_path / "c"
+    model, start, history = checkpoint.resume(ckpt, FINGERPRINT, build, STEPS)
+    assert (start, history) == (0, []) and json.loads((ckpt / "config.json").read_text()) == FINGERPRINT
+    x, y = np.ones((STEPS * 4, 4), "float32"), np.zeros((STEPS * 4, 2), "float32")
+    for e in range(2):
+        model.fit(x, y, batch_size=4, epochs=1, shuffle=False, verbose=0)
+        history.append({"loss": float(e)})
+        checkpoint.save(ckpt, model, history)
+    return ckpt, model
+
+
+def same(a, b):
+    return all(np.array_equal(x, y) for x, y in zip(a.get_weights(), b.get_weights()))
+
+
+def test_newest_intact_checkpoint_is_resumed_with_optimizer_and_dropout_state(two_epochs):
+    ckpt, trained = two_epochs
+    model, start, history = checkpoint.resume(ckpt, FINGERPRINT, build, STEPS)
+    assert (start, len(history)) == (2, 2) and same(model, trained)
+    assert int(model.optimizer.iterations) == 2 * STEPS
+    states = [np.asarray(v) for v in checkpoint.seed_states(model)]
+    assert states and all(np.array_equal(a, np.asarray(b)) for a, b in zip(states, checkpoint.seed_states(trained)))
+
+
+def damage(ckpt, kind):
+    d = ckpt / "epoch-0002"
+    weights, meta_path = d / "model.weights.h5", d / "history.json"
+    meta = json.loads(meta_path.read_text())
+    if kind == "flipped byte":
+        raw = bytearray(weights.read_bytes())
+        raw[len(raw) // 2] ^= 0x01
+        weights.write_bytes(bytes(raw))
+    elif kind == "truncated":
+        weights.write_bytes(weights.read_bytes()[:100])
+    elif kind == "missing weights":
+        weights.unlink()
+    elif kind == "bad history":
+        meta_path.write_text(meta_path.read_text()[:30])
+    elif kind == "no history":
+        meta_path.unlink()
+    elif kind == "history claims more epochs than the weights hold":  # epoch 1's weights under epoch 2's history
+        weights.write_bytes((ckpt / "epoch-0001/model.weights.h5").read_bytes())
+        meta_path.write_text(json.dumps({**meta, "weights_sha256": checkpoint.sha256(weights)}))
+    elif kind == "history claims an epoch beyond train.epochs":
+        meta_path.write_text(json.dumps({**meta, "epoch": 7, "history": meta["history"] * 4}))
+
+
+@pytest.mark.parametrize("kind", ["flipped byte", "truncated", "missing weights", "bad history", "no history",
+                                  "history claims more epochs than the weights hold",
+                                  "history claims an epoch beyond train.epochs"])
+def test_damaged_checkpoint_is_not_used(two_epochs, capsys, kind):
+    ckpt, _ = two_epochs
+    one = build()
+    one.load_weights(ckpt / "epoch-0001/model.weights.h5")
+    damage(ckpt, kind)
+    model, start, history = checkpoint.resume(ckpt, FINGERPRINT, build, STEPS)
+    assert (start, len(history)) == (1, 1) and same(model, one)
+    assert f"warning: {ckpt}/epoch-0002 is damaged" in capsys.readouterr().out
+
+
+def test_every_checkpoint_damaged_starts_over_from_a_fresh_model(two_epochs, capsys):
+    ckpt, _ = two_epochs
+    for d in ckpt.glob("epoch-*"):
+        weights = d / "model.weights.h5"
+        weights.write_bytes(weights.read_bytes()[:100])
+    model, start, history = checkpoint.resume(ckpt, FINGERPRINT, build, STEPS)
+    assert (start, history) == (0, []) and same(model, build())  # as initialised, as an uninterrupted run
+    assert capsys.readouterr().out.count("is damaged") == 2
+
+
+@pytest.mark.parametrize("change", ["other params", "other code", "missing config"])
+def test_checkpoint_of_another_configuration_is_discarded(two_epochs, change):
+    ckpt, _ = two_epochs
+    fingerprint = {**FINGERPRINT, "train": {"epochs": 6}} if change == "other params" else \
+        {**FINGERPRINT, "code_sha256": {"stages/train.py": "0" * 64}} if change == "other code" else FINGERPRINT
+    if change == "missing config":
+        (ckpt / "config.json").unlink()
+    model, start, history = checkpoint.resume(ckpt, fingerprint, build, STEPS)
+    assert (start, history) == (0, []) and same(model, build())
+    assert not list(ckpt.glob("epoch-*"))  # never resumed from, so removed
