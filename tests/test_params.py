@@ -83,7 +83,7 @@ def test_unknown_key_without_a_close_match_lists_the_allowed_keys():
     ("grid.activation", "relu", "a non-empty list"),
     ("data.cifar10.md5", 12345, "32 lower-case hex digits, or null to skip the check"),
     ("data.cifar10.md5", "C58F30108F718F92721AF3B95E74349A", "32 lower-case hex digits, or null to skip the check"),
-    ("data.cifar10.url", "", "an http(s):// or file:// URL, or a local path"),
+    ("data.cifar10.url", "", "an http(s):// or file:// URL, or a local path, ending in the archive's file name"),
     ("train.lr_drops", 0.5, "an increasing list of fractions of training in (0, 1)"),
     ("train.optimizer", "rmsprop", "one of sgd, adam"),
     ("train.lr_schedule", "linear", "one of step, cosine, constant"),
