@@ -1,4 +1,4 @@
-"""CIFAR-100 end to end: the tests' own archive, fine labels under TensorFlow and coarse labels under JAX (in an
+"""CIFAR-100 end to end: the tests' own archive, fine and coarse labels, under TensorFlow and under JAX (in an
 interpreter without TensorFlow), through prepare, train, evaluate and report with `dvc repro`."""
 import json
 import sys
@@ -11,8 +11,9 @@ from tests.conftest import BACKEND_ENV, md5, make_project, run
 ENTRY = "cifar100-elu-False-0"
 
 
-@pytest.mark.parametrize("labels, backend, classes", [("fine", "tensorflow", 100), ("coarse", "jax", 20)])
-def test_cifar100_through_train_evaluate_and_report(tmp_path, labels, backend, classes):
+@pytest.mark.parametrize("backend", ["tensorflow", "jax"])
+@pytest.mark.parametrize("labels, classes", [("fine", 100), ("coarse", 20)])
+def test_cifar100_through_train_evaluate_and_report(tmp_path, labels, classes, backend):
     archive = tmp_path / "cifar-100-python.tar.gz"
     write_cifar(archive, "cifar100", "python", train_per_class=4, test_per_class=2)  # per fine class
     repo = make_project(tmp_path / "repo", archive, {
