@@ -109,10 +109,12 @@ def main():
     if args.warmup < 1 or args.steps < 1:
         ap.error("--warmup and --steps must be >= 1")
 
+    os.environ.setdefault("KERAS_BACKEND", "tensorflow")  # this benchmark times TensorFlow's kernels
     import keras
     import tensorflow as tf
+
+    from stages.backend import accelerators, choose_precision
     from stages.model import make_net
-    from stages.train import choose_precision
     tf.config.experimental.enable_op_determinism()  # as stages/train.py runs
 
     probe = make_net(10, "relu", False, {**MODEL, "width": args.width}, 1e-3, np.zeros(3), np.ones(3))
@@ -126,7 +128,7 @@ def main():
     cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
                 if line.startswith("model name")), "?") if Path("/proc/cpuinfo").exists() else "?"
     print(f"device: {gpus[0].name if gpus else 'cpu'} ({cpu}, {os.cpu_count()} cores); TF {tf.__version__}, "
-          f"Keras {keras.__version__}; precision auto -> {choose_precision('auto', tf)}")
+          f"Keras {keras.__version__}; precision auto -> {choose_precision('auto', accelerators())}")
     print(f"ALL-CNN-C width {args.width}: {probe.count_params():,} parameters (relu, no BN); "
           f"forward {forward_macs / 1e6:.1f} M MACs/image; training {flops_per_image / 1e9:.3f} GFLOP/image "
           f"(3 x forward, convs only); batch {args.batch}")
