@@ -5,9 +5,13 @@ data/prepared/<dataset>/{train,test}.npz with x (N, 32, 32, 3) uint8 NHWC and y 
 data/prepared/<dataset>/classes.json, the class names in label order.
 """
 import argparse
+import contextlib
 import hashlib
+import io
 import json
+import re
 import shutil
+import sys
 import urllib.parse
 import urllib.request
 import warnings
@@ -39,11 +43,27 @@ def _local_file(url, key):
     return path
 
 
+class _WithoutColours(io.TextIOBase):
+    """A stream that writes to `stream` without ANSI colour codes and backspaces: Keras' progress bar writes
+    both even when the output is a log file (a `dvc repro` redirected, a queue worker's log)."""
+
+    def __init__(self, stream):
+        self.stream = stream
+
+    def write(self, text):
+        return self.stream.write(re.sub(r"\x1b\[[0-9;]*m|\x08+", "", text))  # colours, and backspaces
+
+    def flush(self):
+        self.stream.flush()
+
+
 def _download(url, name, folder, key):
     from keras.utils import get_file  # progress bar and retries in one well-kept place
 
+    plain = contextlib.nullcontext() if sys.stdout.isatty() else contextlib.redirect_stdout(_WithoutColours(sys.stdout))
     try:
-        return Path(get_file(name, url, cache_dir=folder, cache_subdir="."))
+        with plain:
+            return Path(get_file(name, url, cache_dir=folder, cache_subdir="."))
     except Exception as e:  # get_file wraps network errors in generic exceptions
         raise UserError(f"{key}.url: cannot download {url} ({type(e).__name__}: {e}); offline, download "
                         f"the archive elsewhere and set {key}.url to its local path or file:// URL") from None

@@ -94,6 +94,28 @@ def test_unreachable_url_says_to_use_a_local_path(project):
     assert leftovers(project) == []
 
 
+def test_http_download_shows_a_plain_progress_bar_and_prepares(project, cifar10_archive):
+    """The real download path, from a server on this machine's loopback: the archive arrives, is checked and
+    decoded; the progress bar in a log (stdout is not a terminal) has no colour codes or backspaces."""
+    import functools
+    import http.server
+    import threading
+    serve = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(cifar10_archive.parent))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), serve)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{server.server_port}/{cifar10_archive.name}"
+        set_params(project, data={"cifar10": {"url": url, "md5": md5(cifar10_archive)}})
+        status, out, errors = prepare(project)
+    finally:
+        server.shutdown()
+    assert status == 0 and errors == [], (out, errors)
+    assert f"Downloading data from {url}" in out and "/step" in out
+    assert "\x1b" not in out and "\x08" not in out, repr(out)
+    assert md5(Path(project, "data/raw/cifar10", cifar10_archive.name)) == md5(cifar10_archive)
+    assert load_split(project, "cifar10", "train")[0].shape == (200, 32, 32, 3)
+
+
 def test_missing_local_archive(project, tmp_path):
     set_params(project, data={"cifar10": {"url": str(tmp_path / "nowhere" / "cifar-10-python.tar.gz")}})
     line = assert_one_error_line(*prepare(project)[::2])
