@@ -31,7 +31,7 @@ from importlib.metadata import version
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+sys.path[:0] = [str(ROOT), str(ROOT / "benchmarks")]
 os.environ["KERAS_BACKEND"] = "jax"  # this study, and every process it starts, runs Keras on JAX
 
 ORDER = ["relu+bn", "elu", "relu", "elu+bn", "prelu", "prelu+bn", "lrelu", "lrelu+bn"]  # the write-up's first
@@ -209,12 +209,15 @@ def train_all(work, chosen, n, deadline):
 
 # --- 4. results ---------------------------------------------------------------------------------------------
 
-def flops_per_image(width):
-    """Training FLOPs per image of ALL-CNN-C at this width: 3 x forward (forward, two gradients), convs only."""
-    c1, c2 = round(96 * width), round(192 * width)
-    layers = [(32, 3, 3, c1), (32, 3, c1, c1), (16, 3, c1, c1), (16, 3, c1, c2), (16, 3, c2, c2), (8, 3, c2, c2),
-              (6, 3, c2, c2), (6, 1, c2, c2), (6, 1, c2, 10)]  # (output side, kernel, in, out)
-    return 3 * 2 * sum(h * h * k * k * cin * cout for h, k, cin, cout in layers)
+def flops_per_image(model_params):
+    """Training FLOPs per image of the study's net: 3 x forward (forward, two gradients), convolutions only,
+    counted from the built model as benchmarks/train_speed.py counts them."""
+    import numpy as np
+
+    from stages.model import make_net
+    from train_speed import conv_gemms
+    net = make_net(10, "relu", False, model_params, 0.0, np.zeros(3), np.ones(3))
+    return 3 * 2 * sum(m * k * n for m, k, n in conv_gemms(net, 1))
 
 
 def peak_flops(args, device):
@@ -229,7 +232,7 @@ def collect(work, variants, wall, params, peak, concurrent):
 
     from stages.report import read_curves
     results, curves = {}, []
-    fpi = flops_per_image(params["model"]["width"])
+    fpi = flops_per_image(params["model"])
     for v in variants:
         e = key(v)
         summary = json.loads((work / f"models/grid/{e}.json").read_text())

@@ -75,6 +75,10 @@ def resume(ckpt_dir, fingerprint, build, steps_per_epoch):
     return model, 0, []
 
 
+def weights(ckpt_dir, epoch):
+    return ckpt_dir / f"epoch-{epoch:04d}" / "model.weights.h5"
+
+
 def save(ckpt_dir, model, history):
     """Checkpoint of the epoch just finished (len(history)); older ones beyond KEEP are removed."""
     import keras
@@ -86,4 +90,3 @@ def save(ckpt_dir, model, history):
              "seed_states": [keras.ops.convert_to_numpy(v).tolist() for v in seed_states(model)]}))
     for old in sorted(ckpt_dir.glob("epoch-*"))[:-KEEP]:
         shutil.rmtree(old)
-    return ckpt_dir / f"epoch-{epoch:04d}" / "model.weights.h5"

@@ -23,6 +23,10 @@ SPLIT_SEED = 0  # the train/validation split and the subset are the same for eve
 PREPARED = Path("data/prepared")
 
 
+def _rebuild(dataset):
+    return f"rebuild it with `dvc repro -f prepare@{dataset}` or restore it with `dvc checkout`"
+
+
 @dataclass(frozen=True)
 class Entry:
     dataset: str
@@ -91,16 +95,15 @@ def read_classes(dataset, params):
     path = PREPARED / dataset / "classes.json"
     if not path.is_file():
         raise UserError(f"{path}: missing; prepare the data first: dvc repro prepare@{dataset}")
-    fix = f"rebuild it with `dvc repro -f prepare@{dataset}` or restore it with `dvc checkout`"
     try:
         classes = json.loads(path.read_text())
     except (ValueError, UnicodeDecodeError) as e:
-        raise UserError(f"{path}: not JSON ({type(e).__name__}); {fix}")
+        raise UserError(f"{path}: not JSON ({type(e).__name__}); {_rebuild(dataset)}")
     expected = 10 if dataset == "cifar10" else {"fine": 100, "coarse": 20}[params["data"][dataset]["labels"]]
     if not (isinstance(classes, list) and all(isinstance(c, str) and c for c in classes)
             and len(set(classes)) == len(classes) and len(classes) == expected):
         raise UserError(f"{path}: must be a list of {expected} distinct class names, "
-                        f"got {str(classes)[:60]!r}; {fix}")
+                        f"got {str(classes)[:60]!r}; {_rebuild(dataset)}")
     return classes
 
 
@@ -111,8 +114,7 @@ def load_split(dataset, split, num_classes):
         with np.load(path) as f:
             x, y = f["x"], f["y"]
     except Exception as e:
-        raise UserError(f"{path}: damaged or unreadable ({type(e).__name__}: {e}); rebuild it with "
-                        f"`dvc repro -f prepare@{dataset}` or restore it with `dvc checkout`")
+        raise UserError(f"{path}: damaged or unreadable ({type(e).__name__}: {e}); {_rebuild(dataset)}")
     if x.dtype != np.uint8 or x.shape[1:] != (32, 32, 3) or y.shape != (len(x),) or \
             (len(y) and not 0 <= y.min() <= y.max() < num_classes):
         raise UserError(f"{path}: expected x (N, 32, 32, 3) uint8 and y (N,) labels < {num_classes}, got "

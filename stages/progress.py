@@ -51,7 +51,7 @@ class Recorder(keras.callbacks.Callback):
         super().__init__()
         self.history, self.live, self.ckpt_dir, self.probe_x = history, live, ckpt_dir, probe_x
         self.epochs, self.steps, self.queued, self.on_gpu = epochs, steps, queued, on_gpu
-        self.diverged_epoch, self.good_weights, self.step_seconds = None, None, None
+        self.diverged_epoch, self.step_seconds = None, None
 
     def on_train_begin(self, logs=None):
         acts = [layer.output for layer in self.model.layers if layer.name.startswith(ACT_PREFIX)]
@@ -78,7 +78,7 @@ class Recorder(keras.callbacks.Callback):
                    f"{self.queued} model{'s' * (self.queued > 1)} not trained yet"
         print(msg, flush=True)
         if not self.on_gpu and left + self.queued * epoch * self.epochs > CPU_PATIENCE:
-            print("note: these are GPU-sized params; on a CPU, the README's \"Sizes, and a CPU run\" section gives "
+            print("note: these are GPU-sized params; on a CPU, the README's \"A CPU run on the real images\" gives "
                   "a recipe that trains the whole grid in well under an hour", flush=True)
 
     def on_epoch_end(self, epoch, logs):
@@ -91,7 +91,7 @@ class Recorder(keras.callbacks.Callback):
             log_epoch(self.live, logs)  # the curves show where it diverged
             return
         self.history.append({k: float(v) for k, v in logs.items()})
-        self.good_weights = checkpoint.save(self.ckpt_dir, self.model, self.history)
+        checkpoint.save(self.ckpt_dir, self.model, self.history)
         log_epoch(self.live, self.history[-1])
         left = logs["seconds"] * (self.epochs - epoch - 1)
         print(f"epoch {epoch + 1}/{self.epochs}: " + "  ".join(f"{k} {logs[k]:.4g}" for k in SHOWN if k in logs)

@@ -124,8 +124,8 @@ def main():
     if recorder.diverged_epoch:
         print(f"warning: loss diverged in epoch {recorder.diverged_epoch}; keeping the last finite weights")
         model = build()  # the model as initialised if epoch 1 diverged
-        if recorder.good_weights or start:
-            model.load_weights(recorder.good_weights or sorted(out["ckpt"].glob("epoch-*"))[-1] / "model.weights.h5")
+        if recorder.history:  # the last finite epoch was checkpointed (or resumed from): intact
+            model.load_weights(checkpoint.weights(out["ckpt"], len(recorder.history)))
     with atomic_path(out["model"]) as tmp:
         model.save(tmp, include_optimizer=False)
     write_json(out["summary"], summary(entry, t, recorder, data, precision, device, start, time.perf_counter() - t0))

@@ -2,12 +2,13 @@
 to run (`-s`, `--downstream`, a stale `data/params.ok`), and the check accepts exactly what the stages accept
 (YAML read as DVC reads it; activations the net can use). docs/faults.md states the trust model."""
 import json
+import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import dvc, make_project, run
+from tests.conftest import ENV, dvc, make_project, run
 
 INJECTED = "relu;touch INJECTED;echo"
 
@@ -86,3 +87,17 @@ def test_damaged_classes_json_is_one_line(intact_project, classes, message):
         assert not (intact_project / "models").exists()
     finally:
         path.write_text(good)
+
+
+def test_evaluate_before_train_says_what_to_run(intact_project):
+    p = run([sys.executable, "-m", "stages.evaluate", "cifar10-relu-False-0"], intact_project, check=False)
+    assert p.returncode == 2 and p.stdout.strip().splitlines() == [
+        "error: models/grid/cifar10-relu-False-0.keras: missing; train it first: dvc repro train@cifar10-relu-False-0"]
+
+
+def test_a_stage_prints_no_native_start_up_lines(intact_project):
+    """TensorFlow's C++ start-up lines and a CPU-only machine's cuInit error look like failures: filtered."""
+    p = subprocess.run([sys.executable, "-m", "stages.params"], cwd=intact_project, env=ENV, text=True,
+                       capture_output=True, timeout=600)
+    assert p.returncode == 0 and p.stdout.startswith("params.yaml: valid; grid of 2 models")
+    assert p.stderr == "", p.stderr[:2000]  # the check imports Keras, and so TensorFlow
