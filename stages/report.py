@@ -15,7 +15,7 @@ import pandas as pd
 from scipy import stats
 
 from stages.outputs import atomic_path, write_json
-from stages.params import cli, load
+from stages.params import cli, count, load
 from stages.entry import paths
 
 matplotlib.use("Agg")
@@ -25,6 +25,13 @@ from matplotlib.ticker import MaxNLocator  # noqa: E402
 REPORT, FIGURES, CURVES = Path("reports/report.md"), Path("plots/figures"), Path("plots/curves")
 ALPHA = 0.05  # neighbours whose test gives p < ALPHA are called distinguishable
 LEVEL = 0.95  # confidence level of the error bars
+TIMING = ("Seconds per epoch, and so BN's cost ratio, depend on the machine and on what else ran on it meanwhile: "
+          "compare them within one run on an otherwise idle machine, not across runs or machines.")
+WILCOXON_SEEDS = 6  # below 6 seeds Wilcoxon's signed-rank test cannot reach p < 0.05 (n = 5: p >= 0.0625)
+# What the write-up this project follows reported: its CIFAR-10 ranking (best first) and its CIFAR-100 (fine
+# labels) test error for relu+bn after ~50k steps. Every report says how far its own run agrees.
+WRITE_UP = {"cifar10": {"ranking": ["relu+bn", "elu", "prelu", "elu+bn", "relu"]},
+            "cifar100": {"test_error": {"relu+bn": 0.36}}}
 
 
 def label(activation, batch_norm):
@@ -90,13 +97,31 @@ def mcnemar_exact(right_a, right_b):
             "p": float(p)}
 
 
+def per_seed_mcnemar(d, a, b, correct):
+    """McNemar's p of a against b on each seed both have with per-image predictions ({seed: p}), and whether a got
+    more of the discordant test images right on every one of them."""
+    ds = d.dataset.iloc[0]
+    seeds = sorted(set(d[d.variant == a].seed) & set(d[d.variant == b].seed))
+    tests = {int(s): mcnemar_exact(correct[ds, a, s], correct[ds, b, s]) for s in seeds
+             if (ds, a, s) in correct and (ds, b, s) in correct}
+    same_way = bool(tests) and all(t["only_better_right"] > t["only_worse_right"] for t in tests.values())
+    return {s: t["p"] for s, t in tests.items()}, same_way
+
+
 def neighbour_test(d, a, b, tests, correct):
-    """Can the data tell variant a from b, its successor in the ranking? Several seeds: the paired tests over
-    seeds; one seed: McNemar on the same test images, or, without per-image predictions, Fisher's exact test
-    on the error counts (unpaired, so weaker)."""
+    """Can the data tell variant a from b, its successor in the ranking? Several seeds: a paired test over the
+    seeds (Wilcoxon from WILCOXON_SEEDS seeds on, Student's paired t below, where Wilcoxon cannot reject), with
+    McNemar's test on the same test images per seed beside it; one seed: McNemar, or, without per-image
+    predictions, Fisher's exact test on the error counts (unpaired, so weaker)."""
     pair = next((t for t in tests if (t["better"], t["worse"]) == (a, b)), None)
     if pair:
-        out = {"test": f"Wilcoxon signed-rank over {pair['n']} seeds", "p": pair["wilcoxon_p"]}
+        wilcoxon = pair["n"] >= WILCOXON_SEEDS
+        out = {"test": f"{'Wilcoxon signed-rank' if wilcoxon else 'paired t'} over {pair['n']} seeds",
+               "p": pair["wilcoxon_p" if wilcoxon else "paired_t_p"]}
+        mcnemar, same_way = per_seed_mcnemar(d, a, b, correct)
+        if mcnemar:
+            out.update(mcnemar_p_per_seed={str(k): v for k, v in mcnemar.items()}, mcnemar_same_way=same_way,
+                       mcnemar_all_below_alpha=same_way and max(mcnemar.values()) < ALPHA)
     else:
         ra, rb = (d[d.variant == v].iloc[0] for v in (a, b))
         seed = ra.seed
@@ -143,6 +168,50 @@ def summarise(df, correct):
     return s, ranking, tests, neighbours, bn_cost
 
 
+def agreement(ds, s):
+    """Does this run reproduce the write-up? Kendall's tau between its ranking and this run's over the variants
+    both have (1: the same order, -1: reversed, ~0: unrelated), the pairs ordered alike, and the write-up's test
+    errors beside this run's intervals. Dicts and strings only, so `dvc metrics show` keeps them."""
+    ref, out = WRITE_UP.get(ds, {}), {}
+    common = [v for v in ref.get("ranking", []) if v in s.index]
+    if len(common) >= 2:
+        tau = stats.kendalltau(range(len(common)), [s.loc[v, "rank"] for v in common])
+        pairs = list(itertools.combinations(common, 2))  # (a, b): the write-up has a ahead of b
+        other = [f"{b} > {a}" for a, b in pairs if s.loc[a, "rank"] > s.loc[b, "rank"]]
+        out["ranking"] = {"write_up": " > ".join(ref["ranking"]), "variants": len(common),
+                          "measured": " > ".join(sorted(common, key=lambda v: s.loc[v, "rank"])),
+                          "kendall_tau": float(tau.statistic), "kendall_p": float(tau.pvalue),
+                          "pairs": len(pairs), "pairs_alike": len(pairs) - len(other),
+                          "measured_otherwise": ", ".join(other)}
+    for v, error in ref.get("test_error", {}).items():
+        if v in s.index:
+            r = s.loc[v]
+            out.setdefault("test_error", {})[v] = {
+                "write_up": error, "measured": float(r.test_error_mean), "ci_low": float(r.test_error_ci_low),
+                "ci_high": float(r.test_error_ci_high),
+                "inside_interval": bool(r.test_error_ci_low <= error <= r.test_error_ci_high)}
+    return out
+
+
+def agreement_lines(ds, a):
+    """The report's paragraph on the write-up: its claims beside this run's, whatever this run's size."""
+    lines = ["", "### Against the write-up", ""]
+    if "ranking" in a:
+        r = a["ranking"]
+        lines += [f"Write-up's ranking: {r['write_up']}. This run, over the {r['variants']} variants both have: "
+                  f"{r['measured']}. Kendall's τ = {r['kendall_tau']:+.2f} (p = {r['kendall_p']:.2g}; +1: the "
+                  f"same order, −1: reversed, 0: unrelated); {r['pairs_alike']} of {r['pairs']} pairs in the "
+                  f"write-up's order" + (f"; ordered otherwise here: {r['measured_otherwise']}." if
+                                         r["measured_otherwise"] else ".")]
+    for v, e in a.get("test_error", {}).items():
+        lines += [f"Write-up's test error of {v}: {e['write_up']:.2f}; this run: {e['measured']:.4f} "
+                  f"({LEVEL:.0%} CI {e['ci_low']:.4f}–{e['ci_high']:.4f}: the write-up's value is "
+                  f"{'inside' if e['inside_interval'] else 'outside'} it)."]
+    if len(lines) == 3:
+        lines += [f"The write-up reports nothing on {ds} that this run can be compared with."]
+    return lines
+
+
 def configuration(params, d):
     """What produced the numbers, in one line: a figure or table without it cannot be compared with another."""
     t = params["train"]
@@ -153,10 +222,12 @@ def configuration(params, d):
 
     schedule = {"step": f"×{t['lr_gamma']} at {'/'.join(f'{f:.0%}' for f in t['lr_drops'])} of training",
                 "cosine": "cosine decay", "constant": "constant"}[t["lr_schedule"]]
+    seeds = sorted(d.seed.unique())
     return (f"{d.dataset.iloc[0]}, width {params['model']['width']}, {values('train_images', '{:,}')} training "
-            f"images, {values('epochs')} epochs, batch {t['batch_size']}, {t['optimizer']} lr {t['learning_rate']} "
-            f"({schedule}), {values('precision')}, backend {values('backend')}, {values('test_images', '{:,}')} "
-            f"test images, seeds {', '.join(map(str, sorted(d.seed.unique())))}")
+            f"images, {count(values('epochs'), 'epoch')}, batch {t['batch_size']}, {t['optimizer']} "
+            f"lr {t['learning_rate']} ({schedule}), {values('precision')}, backend {values('backend')}, "
+            f"{values('test_images', '{:,}')} test images, {'seed' if len(seeds) == 1 else 'seeds'} "
+            f"{', '.join(map(str, seeds))}")
 
 
 def style(activation, batch_norm, activations):
@@ -211,7 +282,8 @@ def plot_error_and_speed(s, config):
                     marker="o" if k["ls"] == "-" else "s", mfc=k["color"] if k["ls"] == "-" else "white",
                     color=k["color"])
         a2.annotate(v, (r.seconds_per_epoch, r.test_error_mean), xytext=(6, 6), textcoords="offset points", fontsize=8)
-    a2.set(xlabel="seconds per epoch", ylabel="test error", title="test error against training time (open: without BN)")
+    a2.set(xlabel="seconds per epoch (depends on the machine's load)", ylabel="test error",
+           title="test error against training time (open: without BN)")
     ns = sorted(s.n.unique())
     how = (f"binomial (Wilson) over {s.test_images.iloc[0]:,} test images" if ns == [1] else
            f"Student's t over seeds (n = {'/'.join(map(str, ns))} seeds per variant)" if 1 not in ns else
@@ -243,7 +315,30 @@ def plot_bias_shift(c, config):
     return fig
 
 
-def markdown(ds, s, tests, neighbours, bn_cost, c, config):
+def neighbour_lines(s, tests, neighbours):
+    """Which neighbours in the ranking the data can tell apart: the test of each, and the paired tests over seeds."""
+    per_seed = any("mcnemar_p_per_seed" in t for t in neighbours)
+    lines = [f"Which neighbours in the ranking the data can tell apart (p < {ALPHA}):", "",
+             "| better | worse | test | p | distinguishable |" + (" McNemar p per seed (same test images) |"
+                                                                  if per_seed else ""),
+             "|---|---|---|---:|---|" + ("---|" if per_seed else "")]
+    for t in neighbours:
+        seeds = ", ".join(f"{p:.2g}" for p in t.get("mcnemar_p_per_seed", {}).values())
+        if seeds and not t["mcnemar_same_way"]:
+            seeds += " (not the same way on every seed)"
+        lines.append(f"| {t['better']} | {t['worse']} | {t['test']} | {t['p']:.3g} | "
+                     f"{'yes' if t['distinguishable'] else 'no'} |" + (f" {seeds or '–'} |" if per_seed else ""))
+    if tests:
+        lines += ["", "Paired tests over seeds, neighbours (Wilcoxon cannot reach p < 0.05 below "
+                  f"{WILCOXON_SEEDS} seeds; the paired t-test assumes normal seed-to-seed differences):", "",
+                  "| better | worse | n | error difference | Wilcoxon p | paired t p |", "|---|---|---:|---:|---:|---:|"]
+        adjacent = set(zip(s.index, s.index[1:]))
+        lines += [f"| {t['better']} | {t['worse']} | {t['n']} | {t['mean_error_difference']:+.4f} | "
+                  f"{t['wilcoxon_p']:.3f} | {t['paired_t_p']:.3f} |" for t in tests if (t["better"], t["worse"]) in adjacent]
+    return lines
+
+
+def markdown(ds, s, tests, neighbours, bn_cost, c, config, agree):
     last = c.sort_values("epoch").groupby("variant").tail(1).groupby("variant").act_mean.mean()
     lines = [f"## {ds}", "", f"Configuration: {config}.", "",
              f"| rank | variant | test error (mean ± std) | {LEVEL:.0%} CI | n | test loss | s/epoch | mean activation,"
@@ -253,22 +348,14 @@ def markdown(ds, s, tests, neighbours, bn_cost, c, config):
         lines.append(f"| {r['rank']} | {v} | {r.test_error_mean:.4f}{spread} | {r.test_error_ci_low:.4f}–"
                      f"{r.test_error_ci_high:.4f} | {r.n} | {r.test_loss_mean:.3f} | {r.seconds_per_epoch:.1f} | "
                      f"{last.get(v, float('nan')):+.3f} | {r.diverged} |")
-    lines += ["", "Ranking: " + " > ".join(s.index), "",
-              f"Which neighbours in the ranking the data can tell apart (p < {ALPHA}):", "",
-              "| better | worse | test | p | distinguishable |", "|---|---|---|---:|---|"]
-    lines += [f"| {t['better']} | {t['worse']} | {t['test']} | {t['p']:.3g} | {'yes' if t['distinguishable'] else 'no'} |"
-              for t in neighbours]
-    if tests:
-        lines += ["", "Paired tests over seeds, neighbours:", "",
-                  "| better | worse | n | error difference | Wilcoxon p | paired t p |", "|---|---|---:|---:|---:|---:|"]
-        adjacent = set(zip(s.index, s.index[1:]))
-        lines += [f"| {t['better']} | {t['worse']} | {t['n']} | {t['mean_error_difference']:+.4f} | "
-                  f"{t['wilcoxon_p']:.3f} | {t['paired_t_p']:.3f} |" for t in tests if (t["better"], t["worse"]) in adjacent]
+    lines += ["", "Ranking: " + " > ".join(s.index)] + agreement_lines(ds, agree) + [""]
+    lines += neighbour_lines(s, tests, neighbours)
     if bn_cost:
         lines += ["", "| activation | s/epoch without BN | with BN | ratio | test error change with BN |",
                   "|---|---:|---:|---:|---:|"]
         lines += [f"| {a} | {b['seconds_per_epoch_without']:.1f} | {b['seconds_per_epoch_with']:.1f} | "
                   f"{b['ratio']:.2f} | {b['test_error_change']:+.4f} |" for a, b in bn_cost.items()]
+    lines += ["", TIMING]
     figures = Path("..") / FIGURES  # relative to reports/, so the links work wherever the repository is
     lines += ["", f"![curves]({figures}/{ds}_curves.png)", f"![test error]({figures}/{ds}_test_error.png)",
               f"![bias shift]({figures}/{ds}_bias_shift.png)", ""]
@@ -284,18 +371,21 @@ def main():
         for ds in grid["dataset"]:
             d, c = df[df.dataset == ds], curves[curves.dataset == ds]
             s, ranking, tests, neighbours, bn_cost = summarise(d, correct)
-            config = configuration(params, d)
+            config, agree = configuration(params, d), agreement(ds, s)
             # dicts, not lists: `dvc metrics show` drops lists (the ranking is each variant's "rank")
             summary[ds] = {"configuration": config,
                            "variants": s.drop(columns=["activation", "batch_norm"]).to_dict(orient="index"),
                            "neighbours": {f"{t['better']} vs {t['worse']}": t for t in neighbours},
-                           "paired_tests": {f"{t['better']} vs {t['worse']}": t for t in tests}, "bn_cost": bn_cost}
+                           "paired_tests": {f"{t['better']} vs {t['worse']}": t for t in tests}, "bn_cost": bn_cost,
+                           "write_up": agree}
             c.drop(columns=["dataset", "activation", "batch_norm"]).to_csv(cur / f"{ds}.tsv", sep="\t", index=False)
             save(plot_curves(c, int(d.classes.iloc[0]), config), fig / f"{ds}_curves.png")
             save(plot_error_and_speed(s, config), fig / f"{ds}_test_error.png")
             save(plot_bias_shift(c, config), fig / f"{ds}_bias_shift.png")
-            md += markdown(ds, s, tests, neighbours, bn_cost, c, config)
-            print(f"report: {ds}: " + " > ".join(ranking))
+            md += markdown(ds, s, tests, neighbours, bn_cost, c, config, agree)
+            tau = agree.get("ranking", {}).get("kendall_tau")
+            print(f"report: {ds}: " + " > ".join(ranking) + ("" if tau is None else
+                  f" (Kendall's tau against the write-up's order: {tau:+.2f})"))
     with atomic_path(REPORT) as tmp:
         tmp.write_text("\n".join(md))
     write_json("metrics/summary.json", summary)

@@ -114,6 +114,17 @@ def test_figures_tell_activation_bn_and_chance_apart(study, monkeypatch):
     assert all(ax.get_legend() is not None for ax in fig.axes)
 
 
+def test_report_says_how_far_it_reproduces_the_write_up(study):
+    # write-up over these four: relu+bn > elu > elu+bn > relu; measured: relu+bn > elu+bn > elu > relu
+    agree = json.loads((study / "metrics/summary.json").read_text())["cifar10"]["write_up"]["ranking"]
+    assert agree["measured"] == "relu+bn > elu+bn > elu > relu" and agree["variants"] == 4
+    assert (agree["pairs_alike"], agree["pairs"], agree["measured_otherwise"]) == (5, 6, "elu+bn > elu")
+    assert agree["kendall_tau"] == pytest.approx((5 - 1) / 6)
+    report = (study / "reports/report.md").read_text()
+    assert "Write-up's ranking: relu+bn > elu > prelu > elu+bn > relu." in report
+    assert "Kendall's τ = +0.67" in report and "5 of 6 pairs in the write-up's order" in report
+
+
 def test_missing_predictions_fall_back_to_counts(study, tmp_path, monkeypatch):
     from stages import report
     monkeypatch.chdir(study)
@@ -131,3 +142,40 @@ def test_plots_diff_shows_each_figure_of_two_revisions(study):
     shown = json.loads(out.splitlines()[-1])["data"]["plots/figures/cifar10_test_error.png"]
     images = {d["revisions"][0]: Path(d["url"]).read_bytes() for d in shown}
     assert sorted(images) == ["HEAD", "workspace"] and images["HEAD"] != images["workspace"]
+
+
+def test_cifar100_is_held_against_the_write_ups_error():
+    from stages import report
+    s = pd.DataFrame({"rank": [1], "test_error_mean": [0.40], "test_error_ci_low": [0.35],
+                      "test_error_ci_high": [0.45]}, index=["relu+bn"])
+    agree = report.agreement("cifar100", s)
+    assert "ranking" not in agree
+    assert agree["test_error"]["relu+bn"] == {"write_up": 0.36, "measured": 0.40, "ci_low": 0.35, "ci_high": 0.45,
+                                              "inside_interval": True}
+    lines = "\n".join(report.agreement_lines("cifar100", agree))
+    assert "Write-up's test error of relu+bn: 0.36; this run: 0.4000" in lines and "inside" in lines
+    assert "reports nothing on cifar100" not in lines
+    assert "reports nothing on cifar100" in "\n".join(report.agreement_lines("cifar100", {}))
+
+
+def test_several_seeds_are_tested_over_seeds_with_mcnemar_beside(tmp_path, monkeypatch):
+    """Two seeds: Wilcoxon cannot reject, so the paired t-test decides; McNemar on each seed is reported beside."""
+    from stages import report
+    grid = {**GRID, "seed": [0, 1]}
+    right = {("relu", True): (150, 152), ("elu", True): (120, 121), ("elu", False): (100, 102),
+             ("relu", False): (99, 60)}
+    for (act, bn), per_seed in right.items():
+        for seed, k in enumerate(per_seed):
+            write_entry(tmp_path, act, bn, seed, k)
+    monkeypatch.chdir(tmp_path)
+    df, _, correct = report.collect(grid)
+    s, ranking, tests, neighbours, _ = report.summarise(df, correct)
+    assert ranking == ["relu+bn", "elu+bn", "elu", "relu"] and list(s.n) == [2, 2, 2, 2]
+    first, _, last = neighbours
+    assert first["test"] == "paired t over 2 seeds" and first["distinguishable"] is True  # 30/31 images: t = 61
+    assert first["mcnemar_p_per_seed"] == {"0": pytest.approx(2 * 0.5 ** 30), "1": pytest.approx(2 * 0.5 ** 31)}
+    assert first["mcnemar_same_way"] and first["mcnemar_all_below_alpha"]
+    assert last["test"] == "paired t over 2 seeds" and last["distinguishable"] is False  # 1 and 42 images
+    assert last["mcnemar_same_way"] and not last["mcnemar_all_below_alpha"]
+    lines = "\n".join(report.neighbour_lines(s, tests, neighbours))
+    assert "McNemar p per seed (same test images)" in lines and "Wilcoxon cannot reach p < 0.05 below 6" in lines
