@@ -7,7 +7,7 @@ import keras
 import numpy as np
 from dvclive.utils import standardize_metric_name
 
-from stages import checkpoint
+from stages import checkpoint, recipes
 from stages.entry import ACT_PREFIX
 
 SHOWN = ("loss", "accuracy", "val_loss", "val_accuracy", "learning_rate", "seconds")
@@ -78,8 +78,15 @@ class Recorder(keras.callbacks.Callback):
                    f"{self.queued} model{'s' * (self.queued > 1)} not trained yet"
         print(msg, flush=True)
         if not self.on_gpu and left + self.queued * epoch * self.epochs > CPU_PATIENCE:
-            print("note: these are GPU-sized params; on a CPU, the README's \"A CPU run on the real images\" gives "
-                  "a recipe that trains the whole grid in well under an hour", flush=True)
+            print(f"note: these are GPU-sized params; on a CPU, the study that ranks the variants in about 1.5 h "
+                  f"(README, \"The study on a CPU\"): {recipes.command('cpu-study')}", flush=True)
+
+    def epoch_seconds(self, epoch, seconds):
+        """An epoch's time, for the time left: the first epoch of a run also compiled the model (on JAX, 20x a small
+        model's epoch), so there the pace of its timed steps stands for it where they were timed."""
+        if epoch == self.first_epoch and self.step_seconds is not None:
+            return self.step_seconds * self.steps
+        return seconds
 
     def on_epoch_end(self, epoch, logs):
         logs["learning_rate"] = float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate))
@@ -93,6 +100,6 @@ class Recorder(keras.callbacks.Callback):
         self.history.append({k: float(v) for k, v in logs.items()})
         checkpoint.save(self.ckpt_dir, self.model, self.history)
         log_epoch(self.live, self.history[-1])
-        left = logs["seconds"] * (self.epochs - epoch - 1)
+        left = self.epoch_seconds(epoch, logs["seconds"]) * (self.epochs - epoch - 1)
         print(f"epoch {epoch + 1}/{self.epochs}: " + "  ".join(f"{k} {logs[k]:.4g}" for k in SHOWN if k in logs)
               + (f"  (about {duration(left)} left)" if left else ""), flush=True)

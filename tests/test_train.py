@@ -7,6 +7,7 @@ Every Python process pays seconds of imports, so the expensive runs are module f
 that read them.
 """
 import json
+import re
 import shutil
 import signal
 import subprocess
@@ -122,6 +123,21 @@ def test_a_tiny_model_learns(uninterrupted, backend):
     loss = [float(v) for _, v in curves(repo / OUT["live"])["plots/metrics/train/loss.tsv"]]
     assert len(loss) == 4 and loss[-1] < loss[0] / 2
     assert "expected: " in output and "for this model" in output  # the time estimate, a few steps in
+
+
+def seconds(text):
+    """Seconds of a duration as progress.duration() writes it: '0.8 s', '7 min', '2 h 03 min'."""
+    n = [float(x) for x in re.findall(r"[\d.]+", text)]
+    return n[0] if text.endswith(" s") else n[-1] * 60 + (n[0] * 3600 if " h " in text else 0)
+
+
+def test_time_left_after_the_first_epoch_leaves_out_compilation(uninterrupted, backend):
+    """Was, on JAX: 'about 27 s left' after epoch 1 (8.9 s, mostly compiling), then epochs of 0.4 s."""
+    lines = re.findall(r"^epoch (\d+)/4: .*seconds ([\d.]+)(?:  \(about (.+) left\))?$", uninterrupted[1], re.M)
+    assert [int(e) for e, *_ in lines] == [1, 2, 3, 4] and lines[-1][2] == ""
+    later = float(np.median([float(s) for _, s, _ in lines[1:]]))
+    per_epoch = seconds(lines[0][2]) / 3  # the estimate after epoch 1, per epoch left
+    assert later / 3 < per_epoch < later * 3, (lines, uninterrupted[1][-3000:])
 
 
 def test_same_seed_same_weights(prepared, uninterrupted, backend, tmp_path):
@@ -267,4 +283,5 @@ def test_expected_time_points_cpu_users_to_the_cpu_recipe_only_when_it_is_long(c
     if step_seconds == 0.6:
         assert out.startswith("expected: 4 min per epoch, 8 h 46 min for this model, about 70 h 12 min with the "
                               "grid's other 7 models not trained yet")
-    assert ('README\'s "A CPU run on the real images"' in out) == pointer
+    from stages.recipes import command
+    assert (command("cpu-study") in out) == pointer
