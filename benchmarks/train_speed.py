@@ -34,6 +34,7 @@ sys.path.insert(0, str(ROOT))
 import numpy as np  # noqa: E402
 
 PRECISIONS = ("float32", "mixed_bfloat16")
+DTYPES = {"float32": lambda tf: tf.float32, "mixed_bfloat16": lambda tf: tf.bfloat16}  # the matmul ceiling's dtype
 MODEL = {"dropout_input": 0.2, "dropout_hidden": 0.5, "lrelu_slope": 0.1, "prelu_init": 0.25}
 
 
@@ -94,11 +95,11 @@ def time_variant(activation, batch_norm, precision, args, keras, tf):
         keras.mixed_precision.set_dtype_policy("float32")
 
 
-def main():
+def parse_args():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--width", type=float, default=1.0, help="channel multiplier (1.0 = 96/192 channels)")
     ap.add_argument("--batch", type=int, default=128)
-    ap.add_argument("--steps", type=int, default=3, help="timed training steps per variant (median reported)")
+    ap.add_argument("--steps", type=int, default=3, help="timed training steps per variant (the fastest is reported)")
     ap.add_argument("--warmup", type=int, default=2, help="untimed steps first (tracing, allocation); >= 1")
     ap.add_argument("--slow", type=float, default=20.0,
                     help="seconds: a variant whose first step takes longer is timed on one more step only")
@@ -108,40 +109,32 @@ def main():
     args = ap.parse_args()
     if args.warmup < 1 or args.steps < 1:
         ap.error("--warmup and --steps must be >= 1")
+    return args
 
-    os.environ.setdefault("KERAS_BACKEND", "tensorflow")  # this benchmark times TensorFlow's kernels
-    import keras
-    import tensorflow as tf
 
+def describe(args, keras, tf):
+    """Prints the machine and the net's FLOPs; returns (training FLOPs per image, the ceiling's matmul size)."""
     from stages.backend import accelerators, choose_precision
     from stages.model import make_net
-    tf.config.experimental.enable_op_determinism()  # as stages/train.py runs
-
     probe = make_net(10, "relu", False, {**MODEL, "width": args.width}, 1e-3, np.zeros(3), np.ones(3))
     gemms = conv_gemms(probe, args.batch)
     forward_macs = sum(m * k * n for m, k, n in gemms) / args.batch
-    flops_per_image = 3 * 2 * forward_macs
     m, k, n = max(gemms, key=lambda g: g[0] * g[1] * g[2])
     size = max(256, int(round((m * k * n) ** (1 / 3) / 128)) * 128)
-
     gpus = tf.config.list_physical_devices("GPU")
     cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
                 if line.startswith("model name")), "?") if Path("/proc/cpuinfo").exists() else "?"
     print(f"device: {gpus[0].name if gpus else 'cpu'} ({cpu}, {os.cpu_count()} cores); TF {tf.__version__}, "
           f"Keras {keras.__version__}; precision auto -> {choose_precision('auto', accelerators())}")
     print(f"ALL-CNN-C width {args.width}: {probe.count_params():,} parameters (relu, no BN); "
-          f"forward {forward_macs / 1e6:.1f} M MACs/image; training {flops_per_image / 1e9:.3f} GFLOP/image "
+          f"forward {forward_macs / 1e6:.1f} M MACs/image; training {6 * forward_macs / 1e9:.3f} GFLOP/image "
           f"(3 x forward, convs only); batch {args.batch}")
     print(f"largest conv GEMM (M, K, N) = ({m}, {k}, {n}); matmul ceiling on {size} x {size} x {size}:")
-    ceiling = {}
-    for precision, dtype in (("float32", tf.float32), ("mixed_bfloat16", tf.bfloat16)):
-        if precision in args.precisions:
-            ceiling[precision], secs = matmul_ceiling(size, dtype, tf)
-            print(f"  {dtype.name:9s} {ceiling[precision]:8.1f} GFLOP/s  ({secs * 1e3:.1f} ms per matmul)")
-    print(f"timing {args.warmup} warm-up + {args.steps} timed steps per variant (fastest); load average "
-          f"{os.getloadavg()[0]:.2f}", flush=True)
-    dtypes = {"float32": tf.float32, "mixed_bfloat16": tf.bfloat16}
+    return 6 * forward_macs, size
 
+
+def time_variants(args, keras, tf, flops_per_image, size, ceiling):
+    """One row per variant: its fastest step, against the matmul ceiling measured right after it."""
     rows = []
     for precision in args.precisions:
         for activation in args.activations:
@@ -150,13 +143,16 @@ def main():
                 model, step = time_variant(activation, bn == "true", precision, args, keras, tf)
                 images = args.batch / step
                 gflops = images * flops_per_image / 1e9
-                now, _ = matmul_ceiling(size, dtypes[precision], tf, repeats=3)
+                now, _ = matmul_ceiling(size, DTYPES[precision](tf), tf, repeats=3)
                 ceiling[precision] = max(ceiling[precision], now)
                 rows.append((activation, bn, precision, model.count_params(), step * 1e3, images, gflops, now,
                              gflops / now))
                 print(f"  {activation:6s} bn={bn:5s} {precision:15s} {images:8.1f} images/s, ceiling now "
                       f"{now:.1f} GFLOP/s ({time.perf_counter() - t0:.0f} s incl. warm-up)", flush=True)
+    return rows
 
+
+def print_table(rows, ceiling):
     head = f"{'activation':10s} {'BN':5s} {'precision':15s} {'params':>10s} {'ms/step':>9s} {'images/s':>9s} " \
            f"{'GFLOP/s':>8s} {'ceiling':>8s} {'of ceiling':>10s}"
     print("\n" + head + "\n" + "-" * len(head))
@@ -165,6 +161,22 @@ def main():
               f"{now:8.1f} {ratio:10.1%}")
     print("best matmul ceiling in this run: " + ", ".join(f"{p} {c:.1f} GFLOP/s" for p, c in ceiling.items())
           + f"; load average {os.getloadavg()[0]:.2f} on {os.cpu_count()} cores")
+
+
+def main():
+    args = parse_args()
+    os.environ.setdefault("KERAS_BACKEND", "tensorflow")  # this benchmark times TensorFlow's kernels
+    import keras
+    import tensorflow as tf
+    tf.config.experimental.enable_op_determinism()  # as stages/train.py runs
+    flops_per_image, size = describe(args, keras, tf)
+    ceiling = {}
+    for precision in args.precisions:
+        ceiling[precision], secs = matmul_ceiling(size, DTYPES[precision](tf), tf)
+        print(f"  {precision:15s} {ceiling[precision]:8.1f} GFLOP/s  ({secs * 1e3:.1f} ms per matmul)")
+    print(f"timing {args.warmup} warm-up + {args.steps} timed steps per variant (fastest); load average "
+          f"{os.getloadavg()[0]:.2f}", flush=True)
+    print_table(time_variants(args, keras, tf, flops_per_image, size, ceiling), ceiling)
 
 
 if __name__ == "__main__":
