@@ -2,7 +2,7 @@
 loader (tar extraction to a folder, then keras.src.datasets.cifar.load_batch on each batch, as
 keras.datasets.cifar10.load_data does) on the same archive in the same run.
 
-    python benchmarks/decode.py                      # generates a 60,000-image python-layout archive first
+    python benchmarks/decode.py                      # the archive prepare@cifar10 downloaded (data/raw/cifar10/)
     python benchmarks/decode.py /path/cifar-10-python.tar.gz
 
 Each loader runs in a fresh subprocess, so its peak resident memory is its own: the peak (VmHWM, reset just
@@ -107,17 +107,6 @@ def worker(loader, archive, trace):
 
 # --- the driver ----------------------------------------------------------------------------------------------
 
-def generate(path):
-    """A full-size python-layout CIFAR-10 archive (50,000 + 10,000 images, 10,000 per batch), built with the
-    tests' writer in chunks so that generating it takes ~1 GB, not the float64 noise of 60,000 images at once."""
-    from tests.archives import make_images, python_members, write_archive
-    chunks = [make_images(10, 1000, seed=i) for i in range(6)]  # 10,000 images each
-    train = tuple(np.concatenate(a) for a in zip(*chunks[:5]))
-    data = {"train": (*train, None), "test": (*chunks[5], None)}
-    write_archive(path, python_members("cifar10", data))
-    return path
-
-
 def run_worker(loader, archive, trace=False):
     args = [sys.executable, __file__, "--worker", loader, str(archive)] + (["--trace"] if trace else [])
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "PYTHONPATH": str(ROOT)}
@@ -174,20 +163,18 @@ def report(archive):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("archive", nargs="?", help="a python-layout CIFAR-10 archive (default: generate one)")
+    parser.add_argument("archive", nargs="?", help="a python-layout CIFAR-10 archive (default: the one in "
+                        "data/raw/cifar10/, which prepare@cifar10 downloads)")
     parser.add_argument("--worker", choices=["ours", "keras"], help=argparse.SUPPRESS)
     parser.add_argument("--trace", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
         return worker(args.worker, args.archive, args.trace)
-    if args.archive:
-        return report(args.archive)
-    with tempfile.TemporaryDirectory(prefix="cifar-bench-") as tmp:
-        t = time.perf_counter()
-        archive = generate(Path(tmp) / "cifar-10-python.tar.gz")
-        print(f"generated in {time.perf_counter() - t:.1f} s")
-        report(archive)
-
+    archive = args.archive or next(iter(sorted((ROOT / "data/raw/cifar10").glob("*.tar*"))), None)
+    if archive is None:
+        sys.exit("error: no archive given and none in data/raw/cifar10/; run `dvc repro prepare@cifar10` first or "
+                 "name one: python benchmarks/decode.py /path/cifar-10-python.tar.gz")
+    report(archive)
 
 if __name__ == "__main__":
     main()
