@@ -23,6 +23,11 @@ BACKENDS = ("tensorflow", "jax")  # Keras backends that train and evaluate run o
 NAME = re.compile(r"[a-z][a-z0-9_]{0,31}")  # what may appear in a stage name, a path or a shell command
 
 
+def count(n, noun):
+    """'1 model', '2 models': a number (or its text) and its noun, in the plural unless it is 1."""
+    return f"{n} {noun}{'' if str(n) == '1' else 's'}"
+
+
 class UserError(Exception):
     """Bad input: reported as one line that names the file or parameter and the fix."""
 
@@ -123,7 +128,11 @@ def _activation(v):
     if not (isinstance(v, str) and NAME.fullmatch(v)):
         return "a lower-case name of letters, digits and _ (it becomes part of stage names and paths)"
     from stages.model import activation_names  # imports Keras: only when there is an activation to check
-    return None if v in activation_names() else "one of " + ", ".join(activation_names())
+    names = activation_names()
+    if v in names:
+        return None
+    close = difflib.get_close_matches(v, names, n=1)
+    return "one of " + ", ".join(names) + (f"; did you mean {close[0]!r}?" if close else "")
 
 
 def _list_of(check):
@@ -260,7 +269,7 @@ def main():
         tmp.write_text("params.yaml passed stages/params.py\n")
     n = len(params["grid"]["dataset"]) * len(params["grid"]["activation"]) * \
         len(params["grid"]["batch_norm"]) * len(params["grid"]["seed"])
-    print(f"{PARAMS}: valid; grid of {n} models plus the experiment's own "
+    print(f"{PARAMS}: valid; grid of {count(n, 'model')} plus the experiment's own "
           f"({params['dataset']}, {params['activation']}, batch_norm={params['batch_norm']})")
 
 

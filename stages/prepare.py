@@ -14,7 +14,6 @@ import shutil
 import sys
 import urllib.parse
 import urllib.request
-import warnings
 from pathlib import Path
 
 import numpy as np
@@ -91,7 +90,7 @@ def fetch(url, md5, dest_dir, key):
     if name in ("", ".", ".."):  # params' check refuses these too; the archive is saved under this name
         raise UserError(f"{key}.url: {url!r} does not end in the archive's file name; give the archive's own URL")
     if md5 is None:
-        warnings.warn(f"{key}.md5 is null: the archive's integrity is not checked", stacklevel=1)
+        print(f"warning: {key}.md5 is null: the archive's integrity is not checked", file=sys.stderr, flush=True)
     dest_dir.parent.mkdir(parents=True, exist_ok=True)
     remove_stale(dest_dir)  # a killed earlier run's download
     folder = temporary(dest_dir)

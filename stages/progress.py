@@ -82,11 +82,11 @@ class Recorder(keras.callbacks.Callback):
                   f"(README, \"The study on a CPU\"): {recipes.command('cpu-study')}", flush=True)
 
     def epoch_seconds(self, epoch, seconds):
-        """An epoch's time, for the time left: the first epoch of a run also compiled the model (on JAX, 20x a small
-        model's epoch), so there the pace of its timed steps stands for it where they were timed."""
-        if epoch == self.first_epoch and self.step_seconds is not None:
-            return self.step_seconds * self.steps
-        return seconds
+        """An epoch's time, for the time left: the first epoch of a run also compiled the model (on JAX, 20-40x a
+        small model's epoch), so there the pace of its timed steps stands for it, as in the expected time. (On JAX
+        the batch hooks run in a thread as each step's result arrives, often out of order, and the main loop
+        dispatches an epoch's steps at once: no later point of the first epoch times its steps better.)"""
+        return self.step_seconds * self.steps if epoch == self.first_epoch and self.step_seconds else seconds
 
     def on_epoch_end(self, epoch, logs):
         logs["learning_rate"] = float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate))

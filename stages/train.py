@@ -15,7 +15,7 @@ import numpy as np
 from stages import backend, checkpoint
 from stages.entry import balanced_split, from_command_line, grid_entries, load_split, read_classes
 from stages.outputs import atomic_path, write_json
-from stages.params import UserError, cli
+from stages.params import UserError, cli, count
 
 
 def lr_schedule(t, steps, keras):
@@ -117,7 +117,7 @@ def main():
     t0 = time.perf_counter()
     if start < t["epochs"]:
         print(f"training {out['model']}: {entry.label}, seed {entry.seed}, {len(tr)} train / {len(va)} validation "
-              f"images, {params['model']['width']:g} width, {precision}, {params['train']['backend']} on {device}, "
+              f"images, width {params['model']['width']:g}, {precision}, {params['train']['backend']} on {device}, "
               f"epochs {start + 1}..{t['epochs']}", flush=True)
         fit(model, recorder, data, t, start, entry.seed)
     live.end()
@@ -130,7 +130,7 @@ def main():
         model.save(tmp, include_optimizer=False)
     write_json(out["summary"], summary(entry, t, recorder, data, precision, device, start, time.perf_counter() - t0))
     shutil.rmtree(out["ckpt"])  # done: the model is saved, the checkpoint is no longer needed
-    print(f"saved {out['model']} ({len(recorder.history)} epochs, {sum(h['seconds'] for h in history):.0f} s)")
+    print(f"saved {out['model']} ({count(len(recorder.history), 'epoch')}, {sum(h['seconds'] for h in history):.0f} s)")
 
 
 if __name__ == "__main__":

@@ -126,10 +126,27 @@ def test_unknown_activation_lists_the_valid_ones(key):
     value = "relux" if key == "activation" else ["relu", "relux"]
     line = one_problem(changed(key, value))
     assert line.startswith(f"{key} = {value!r}: must be ")
-    valid = line.split("one of ", 1)[1].split(" (")[0].split(", ")
+    valid = line.split("one of ", 1)[1].split(" (")[0].split(";")[0].split(", ")
     assert {"relu", "lrelu", "prelu", "elu", "selu", "gelu", "swish"} <= set(valid) and "relux" not in valid
     if key == "grid.activation":
         assert line.endswith("('relux' is not)")
+
+
+@pytest.mark.parametrize("key, value, hint", [
+    ("activation", "prelux", "; did you mean 'prelu'?"),
+    ("activation", "eluu", "; did you mean 'elu'?"),
+    ("grid.activation", ["relu", "lreluu"], "; did you mean 'lrelu'? ('lreluu' is not)"),
+    ("activation", "zzzz", ""),  # nothing close: the list alone
+])
+def test_a_near_miss_activation_gets_a_did_you_mean(key, value, hint):
+    line = one_problem(changed(key, value))
+    assert line.endswith(hint) and line.count("did you mean") == (hint.count("did you mean"))
+
+
+def test_counts_are_singular_for_one():
+    from stages.params import count
+    assert [count(1, "model"), count(2, "model"), count("1", "epoch"), count("2/3", "epoch")] == \
+        ["1 model", "2 models", "1 epoch", "2/3 epochs"]
 
 
 def test_experiment_dataset_must_be_in_the_grid():
@@ -230,6 +247,8 @@ def test_check_command_exits_2_and_writes_nothing(tmp_path):
     status, out, errors = check(tmp_path)
     assert status == 0 and errors == []
     assert out.startswith("params.yaml: valid; grid of 2 models plus the experiment's own (cifar10, relu, ")
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(changed("grid.activation", ["elu"])))
+    assert check(tmp_path)[1].startswith("params.yaml: valid; grid of 1 model plus the experiment's own")
     assert [p.name for p in (tmp_path / "data").iterdir()] == ["params.ok"]  # and no temporary file beside it
 
 

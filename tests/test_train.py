@@ -135,9 +135,11 @@ def test_time_left_after_the_first_epoch_leaves_out_compilation(uninterrupted, b
     """Was, on JAX: 'about 27 s left' after epoch 1 (8.9 s, mostly compiling), then epochs of 0.4 s."""
     lines = re.findall(r"^epoch (\d+)/4: .*seconds ([\d.]+)(?:  \(about (.+) left\))?$", uninterrupted[1], re.M)
     assert [int(e) for e, *_ in lines] == [1, 2, 3, 4] and lines[-1][2] == ""
-    later = float(np.median([float(s) for _, s, _ in lines[1:]]))
+    first, later = float(lines[0][1]), float(np.median([float(s) for _, s, _ in lines[1:]]))
     per_epoch = seconds(lines[0][2]) / 3  # the estimate after epoch 1, per epoch left
-    assert later / 3 < per_epoch < later * 3, (lines, uninterrupted[1][-3000:])
+    # steps 3..13 time it: within a few times the later epochs (a loaded machine, JAX's warm-up), and on JAX,
+    # whose first epoch is mostly compilation, far below that epoch's own time
+    assert later / 3 < per_epoch < later * 5 and (backend == "tensorflow" or per_epoch < first / 4), lines
 
 
 def test_same_seed_same_weights(prepared, uninterrupted, backend, tmp_path):
