@@ -8,7 +8,7 @@ import os
 import sys
 from pathlib import Path
 
-from stages.params import UserError
+from stages.cli import UserError
 
 
 def select(backend):

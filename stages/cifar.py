@@ -16,6 +16,7 @@ import io
 import lzma
 import math
 import pickle
+import posixpath
 import queue
 import re
 import tarfile
@@ -24,7 +25,7 @@ import zlib
 
 import numpy as np
 
-from stages.params import UserError
+from stages.cli import UserError
 
 PIXELS = 32 * 32 * 3  # bytes per image
 SPLITS = ("train", "test")
@@ -68,6 +69,7 @@ LABEL_BYTES = {"cifar10": 1, "cifar100": 2}  # per binary record
 PICKLE_SLACK = 256  # bytes per image besides its pixels in a python batch (labels, file names, opcodes; official: ~32)
 META_MAX = 1 << 16  # a class-names member (official: < 2 KB)
 OTHER_MAX = 1 << 20  # any other member (official: readme.html, 88 bytes)
+NAME_MAX = 64  # characters of a class name (official: at most 22)
 
 
 def _member_limits():
@@ -166,8 +168,24 @@ class _NumpyOnlyUnpickler(pickle._Unpickler):
 
 # --- the archive: one streaming pass ---------------------------------------------------------------------------
 
+EXTENDED_MAX = 4096  # bytes of a pax or GNU long-name header (the official archives have none)
+
+
+class _Refused(Exception):
+    """An archive refused for what it holds, not for damage: `use the official archive`."""
+
+
 class _StrictTarInfo(tarfile.TarInfo):
-    """tarfile ends an archive quietly at a damaged header (what follows is lost without a word): an error here."""
+    """tarfile ends an archive quietly at a damaged header (what follows is lost without a word): an error here.
+    Extended headers are bounded before tarfile reads them: Python < 3.11.10 parses a pax header with a
+    quadratic regex (CVE-2024-6232), hours of CPU for one 1 MB header."""
+
+    def _proc_member(self, tarfile_):
+        if self.type in (tarfile.XHDTYPE, tarfile.XGLTYPE, tarfile.SOLARIS_XHDTYPE, tarfile.GNUTYPE_LONGNAME,
+                         tarfile.GNUTYPE_LONGLINK) and self.size > EXTENDED_MAX:
+            raise _Refused(f"an extended tar header of {self.size} bytes (pax or GNU long name), more than the "
+                           f"{EXTENDED_MAX} any CIFAR archive needs")
+        return super()._proc_member(tarfile_)
 
     @classmethod
     def frombuf(cls, buf, encoding, errors):
@@ -246,13 +264,15 @@ class Archive:
     """A tar archive read once, front to back: every member is checked as it comes, the wanted ones are handed
     over, and the stream is read to its end (truncation, bad CRC, data after the tar) before the pass is over."""
 
-    def __init__(self, path):
-        self.path = path
+    def __init__(self, path, name=None):
+        self.file, self.path = path, name or path  # read, and named in messages
         self.names = set()  # every file member, without a leading "./"
 
     def _guard(self, fn, *args, **kwargs):
         try:
             return fn(*args, **kwargs)
+        except _Refused as e:
+            raise UserError(f"{self.path}: refused: {e}; use the official archive") from None
         except STREAM_ERRORS as e:
             raise UserError(f"{self.path}: not a readable tar archive ({' '.join(str(e).split())}); "
                             f"delete it and download it again") from None
@@ -260,7 +280,7 @@ class Archive:
     @contextlib.contextmanager
     def _tar(self):
         with contextlib.ExitStack() as stack:
-            f = stack.enter_context(self._guard(open, self.path, "rb"))
+            f = stack.enter_context(self._guard(open, self.file, "rb"))
             head = self._guard(f.read, 6)
             f.seek(0)
             for magic, opener in DECOMPRESS:
@@ -285,7 +305,9 @@ class Archive:
                                     f"concatenated?); use the official archive")
 
     def _check(self, m):
-        name, path = m.name.removeprefix("./"), self.path
+        """The member's name, normalised (`a//b`, `./a/./b` and `a/b/` are all `a/b`: one name for what tar,
+        Keras and this reader would each take), after the member's type, path and size were checked."""
+        name, path = posixpath.normpath(m.name).removeprefix("./"), self.path
         if m.name.startswith("/") or ".." in m.name.split("/"):
             raise UserError(f"{path}: refused member {m.name!r}: absolute or '..' path; use the official archive")
         if not (m.isfile() or m.isdir()):
@@ -373,9 +395,10 @@ def _class_names(where, names, num_classes):
         raise UserError(f"{where}: {len(names)} class names, expected {num_classes}; use the official archive")
     seen = set()
     for n in names:
-        if not n or n in seen:
-            raise UserError(f"{where}: class name {n!r} is {'empty' if not n else 'repeated'}; "
-                            f"use the official archive")
+        if not n or n in seen or not n.isprintable() or len(n) > NAME_MAX:
+            why = "empty" if not n else "repeated" if n in seen else f"longer than {NAME_MAX} characters" \
+                if len(n) > NAME_MAX else "not printable (control characters or escape sequences)"
+            raise UserError(f"{where}: class name {n[:NAME_MAX]!r} is {why}; use the official archive")
         seen.add(n)
     return names
 
@@ -450,11 +473,13 @@ def _every_class(path, splits, classes):
                             f"is this the complete official archive?")
 
 
-def read(path, dataset, labels="fine"):
+def read(path, dataset, labels="fine", name=None):
     """Returns ({"train": (x, y), "test": (x, y)}, class names); x (N, 32, 32, 3) uint8 NHWC, y (N,) int64.
-    One pass over the archive; returns only once all of it was read and checked (else a UserError)."""
+    One pass over the archive; returns only once all of it was read and checked (else a UserError that names
+    the archive as `name`, default its path)."""
     num_classes = NUM_CLASSES[(dataset, labels)]
-    archive = Archive(path)
+    archive = Archive(path, name)
+    path = archive.path
     decoders = {lay: _decoders(path, dataset, lay, labels) for lay in LAYOUTS[dataset]}
     roles = {m: (lay, s) for lay, layout in LAYOUTS[dataset].items() for s in SPLITS for m in layout[s]}
     roles.update({meta: (lay, "meta") for lay, (_, _, meta) in decoders.items()})

@@ -16,7 +16,8 @@ from pathlib import Path
 
 import numpy as np
 
-from stages.params import UserError, load
+from stages.cli import UserError
+from stages.params import load
 
 ACT_PREFIX = "act"  # activation layers are act1..act9: model names them, train probes them, report plots them
 SPLIT_SEED = 0  # the train/validation split and the subset are the same for every variant and seed
@@ -100,11 +101,23 @@ def read_classes(dataset, params):
     except (ValueError, UnicodeDecodeError) as e:
         raise UserError(f"{path}: not JSON ({type(e).__name__}); {_rebuild(dataset)}")
     expected = 10 if dataset == "cifar10" else {"fine": 100, "coarse": 20}[params["data"][dataset]["labels"]]
-    if not (isinstance(classes, list) and all(isinstance(c, str) and c for c in classes)
+    if not (isinstance(classes, list) and all(isinstance(c, str) and c and c.isprintable() for c in classes)
             and len(set(classes)) == len(classes) and len(classes) == expected):
         raise UserError(f"{path}: must be a list of {expected} distinct class names, "
                         f"got {str(classes)[:60]!r}; {_rebuild(dataset)}")
     return classes
+
+
+def read_json(path, keys, fix):
+    """A JSON object that holds keys, from a stage's output; anything else is one line ending in fix."""
+    try:
+        obj = json.loads(Path(path).read_text())
+    except (ValueError, UnicodeDecodeError) as e:
+        raise UserError(f"{path}: not JSON ({type(e).__name__}); {fix}") from None
+    missing = [k for k in keys if not isinstance(obj, dict) or k not in obj]
+    if missing:
+        raise UserError(f"{path}: not what its stage writes (no {missing[0]!r}); {fix}")
+    return obj
 
 
 def load_split(dataset, split, num_classes):

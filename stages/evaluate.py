@@ -4,14 +4,16 @@ Outputs: metrics/<...>.json, flat headline keys that `dvc metrics show` reads as
 results/<...>.json, the detail: per-class accuracy, confusion matrix, and every test image's label and
 prediction (the report's McNemar tests compare two models on the same images).
 """
-import json
 import time
 
 import numpy as np
 
-from stages.entry import from_command_line, load_split, read_classes
+from stages.entry import from_command_line, load_split, read_classes, read_json
 from stages.outputs import write_json
-from stages.params import UserError, cli
+from stages.cli import UserError, cli
+
+
+SUMMARY_KEYS = ("parameters", "epochs_completed", "train_seconds", "seconds_per_epoch", "diverged", "precision")
 
 
 def load_model(path):
@@ -37,10 +39,11 @@ def main():
     out = entry.paths
     classes = read_classes(entry.dataset, params)
     x, y = load_split(entry.dataset, "test", len(classes))
+    stage = "train_exp" if entry.experiment else f"train@{entry.key}"
     if not (out["summary"].is_file() and out["model"].is_file()):
-        raise UserError(f"{out['model']}: missing; train it first: dvc repro "
-                        f"{'train_exp' if entry.experiment else 'train@' + entry.key}")
-    summary = json.loads(out["summary"].read_text())
+        raise UserError(f"{out['model']}: missing; train it first: dvc repro {stage}")
+    summary = read_json(out["summary"], SUMMARY_KEYS, f"retrain it with `dvc repro -f {stage}` or restore it "
+                                                      f"with `dvc checkout {out['summary']}`")
     p, seconds = predict(load_model(out["model"]), x.astype("float32"), params["evaluate"]["batch_size"])
     pred = p.argmax(1)
     loss = float(-np.log(np.clip(p[np.arange(len(y)), y], 1e-12, 1)).mean())

@@ -1,6 +1,6 @@
 """Every stage output is written under a temporary name beside its final path and renamed when complete,
 so a killed stage never leaves a half-written file that looks finished. The temporary, .<name>.<pid>.<random>.tmp,
-is removed on failure, Ctrl-C and SIGTERM (stages.params.cli); one left by SIGKILL is removed by the next
+is removed on failure, Ctrl-C and SIGTERM (stages.cli); one left by SIGKILL is removed by the next
 writer of the same output, once its pid is gone."""
 import contextlib
 import json
@@ -10,6 +10,8 @@ import re
 import shutil
 import tempfile
 from pathlib import Path
+
+from stages.cli import TEMPORARIES
 
 
 def _alive(pid):
@@ -23,8 +25,16 @@ def _alive(pid):
 
 
 def temporary(final):
-    """A new temporary folder beside final, named after it and this process (see remove_stale)."""
-    return Path(tempfile.mkdtemp(prefix=f".{Path(final).name}.{os.getpid()}.", suffix=".tmp", dir=Path(final).parent))
+    """A new temporary folder beside final, named after it and this process (see remove_stale); registered so
+    that a stage ended by a signal removes it (stages.cli), and removed by discard()."""
+    tmp = Path(tempfile.mkdtemp(prefix=f".{Path(final).name}.{os.getpid()}.", suffix=".tmp", dir=Path(final).parent))
+    TEMPORARIES.add(tmp)
+    return tmp
+
+
+def discard(tmp):
+    shutil.rmtree(tmp, ignore_errors=True)
+    TEMPORARIES.discard(tmp)
 
 
 def remove_stale(final):
@@ -54,7 +64,7 @@ def atomic_path(final, directory=False):
             shutil.rmtree(final)
         os.replace(target, final)
     finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+        discard(tmp)
 
 
 def _finite(o):

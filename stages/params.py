@@ -4,57 +4,46 @@ Every key is validated up front, before any download or training: unknown or mis
 sizes <= 0, unknown activations or datasets, and names that would reach a shell (stage names, file names
 and stage commands are built from grid values, so those must be plain identifiers).
 """
-import contextlib
 import difflib
 import os
 import re
-import signal
-import sys
-import threading
+import reprlib
 import urllib.parse
 from pathlib import Path
 
 from ruamel.yaml import YAML, YAMLError
+from ruamel.yaml.events import AliasEvent
+
+from stages.cli import UserError, cli
 
 PARAMS = Path("params.yaml")
 CHECKED = Path("data/params.ok")  # the check stage's output: every later stage runs after the check
 DATASETS = ("cifar10", "cifar100")
 BACKENDS = ("tensorflow", "jax")  # Keras backends that train and evaluate run on
 NAME = re.compile(r"[a-z][a-z0-9_]{0,31}")  # what may appear in a stage name, a path or a shell command
+SEED_MAX = 2**32 - 1  # NumPy's and Keras' seeds are 32-bit
+EVALUATE_BATCH_MAX = 1000  # images per inference batch: ~1.8 GB of activations at width 1
+TRAIN_IMAGES = 50_000  # in the training split of both CIFARs
+_SHORT = reprlib.Repr()  # keyword arguments only from Python 3.12
+_SHORT.maxstring = _SHORT.maxother = 160
+_SHORT.maxlist = _SHORT.maxdict = 6
+_SHORT.maxlevel = 2
+_CREDENTIALS = re.compile(r"(?<=://)[^/@\s]*@")
+
+
+def redact(text):
+    """text with the user:password@ of any URL in it replaced by ***@."""
+    return _CREDENTIALS.sub("***@", text)
+
+
+def shown(value):
+    """A value as a message shows it: its repr cut to ~160 characters, credentials in a URL redacted."""
+    return redact(_SHORT.repr(value))
 
 
 def count(n, noun):
     """'1 model', '2 models': a number (or its text) and its noun, in the plural unless it is 1."""
     return f"{n} {noun}{'' if str(n) == '1' else 's'}"
-
-
-class UserError(Exception):
-    """Bad input: reported as one line that names the file or parameter and the fix."""
-
-
-class _Terminated(BaseException):
-    """SIGTERM, raised where the stage is, so that every `finally` (atomic_path's clean-up) runs as for Ctrl-C."""
-
-
-def _terminate(signum, frame):
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a second SIGTERM must not cut the clean-up short
-    raise _Terminated
-
-
-def cli(main):
-    """Runs a stage's main(); a UserError becomes one line on stderr and exit status 2. SIGTERM (a scheduler, a
-    killed `dvc repro`'s process group) unwinds the stage, removing its temporaries, then ends the process by
-    the same signal, so the caller sees it killed."""
-    signal.signal(signal.SIGTERM, _terminate)
-    try:
-        with _without_native_noise():
-            main()
-    except UserError as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
-    except _Terminated:
-        signal.signal(signal.SIGTERM, signal.SIG_DFL)
-        os.kill(os.getpid(), signal.SIGTERM)
 
 
 def dataset_argument(parser):
@@ -68,41 +57,12 @@ def dataset_argument(parser):
     return dataset
 
 
-# TensorFlow's and XLA's C++ start-up lines (absl format `I0000 00:00:… file.cc:N] …`), and the cuInit error of a
-# CPU-only machine: not failures, yet they look like ones. Written to file descriptor 2 by C++, before any
-# Python logging setting applies, so they are filtered there.
-_NOISE = re.compile(r"^(WARNING: All log messages before absl::InitializeLog|[IW]\d{4} \d\d:\d\d:|"
-                    r"E\d{4} .*(cuInit|cuda|CUDA))")
-
-
-@contextlib.contextmanager
-def _without_native_noise():
-    """Everything written to stderr during the block, less the _NOISE lines."""
-    sys.stderr.flush()
-    saved, (read, write) = os.dup(2), os.pipe()
-    os.dup2(write, 2)
-    os.close(write)
-
-    def copy():
-        with os.fdopen(read, "rb") as lines:
-            for line in lines:
-                if not _NOISE.match(line.decode(errors="replace")):
-                    os.write(saved, line)
-    thread = threading.Thread(target=copy, daemon=True)
-    thread.start()
-    try:
-        yield
-    finally:
-        sys.stderr.flush()
-        os.dup2(saved, 2)  # closes the pipe's last writer: the thread reads to its end, then stops
-        thread.join(timeout=5)
-        os.close(saved)
-
-
 # --- value checks: each returns None when the value is fine, else what is allowed --------------------------
 
-def _int(lo):
-    return lambda v: None if type(v) is int and v >= lo else f"an integer >= {lo}"
+def _int(lo, hi=None):
+    if hi is None:
+        return lambda v: None if type(v) is int and v >= lo else f"an integer >= {lo}"
+    return lambda v: None if type(v) is int and lo <= v <= hi else f"an integer in [{lo}, {hi}]"
 
 
 def _num(lo, hi, lo_open=False):
@@ -139,10 +99,10 @@ def _list_of(check):
     def check_list(v):
         if not isinstance(v, list) or not v:
             return "a non-empty list"
-        if len(set(map(repr, v))) != len(v):
-            return "a list without repeated values"
-        bad = [(x, check(x)) for x in v if check(x)]
-        return f"a list whose items are each {bad[0][1]} ({bad[0][0]!r} is not)" if bad else None
+        bad = next(((x, why) for x in v if (why := check(x))), None)
+        if bad:
+            return f"a list whose items are each {bad[1]} ({shown(bad[0])} is not)"
+        return "a list without repeated values" if len(set(map(repr, v))) != len(v) else None
     return check_list
 
 
@@ -152,10 +112,20 @@ def _md5(v):
 
 
 def _url(v):
+    if isinstance(v, str) and "@" in urllib.parse.urlparse(v.strip()).netloc:
+        return ("a URL without user:password@ (it would be written to data/source/ and the logs); put the "
+                "credentials in ~/.netrc (`machine <host> login <user> password <password>`) or in a file "
+                "named by $NETRC, which the download reads")
     # the archive is saved under the URL's last path segment: it must be a file name
     name = isinstance(v, str) and urllib.parse.unquote(urllib.parse.urlparse(v.strip()).path).rsplit("/", 1)[-1]
     return None if name and name not in (".", "..") else \
         "an http(s):// or file:// URL, or a local path, ending in the archive's file name"
+
+
+def _width(v):
+    if _num(0, 16, lo_open=True)(v) is None and round(96 * v) < 1:
+        return "a number in (0, 16] that gives at least one filter: 96 x width rounds to 0 below 0.0053"
+    return _num(0, 16, lo_open=True)(v)
 
 
 def _fractions(v):
@@ -172,18 +142,18 @@ SCHEMA = {
         "dataset": _list_of(_one_of(*DATASETS)),
         "activation": _list_of(_activation),
         "batch_norm": _list_of(_bool),
-        "seed": _list_of(_int(0)),
+        "seed": _list_of(_int(0, SEED_MAX)),
     },
     "data": {"cifar10": _DATA, "cifar100": {**_DATA, "labels": _one_of("fine", "coarse")}},
     "model": {
-        "width": _num(0, 16, lo_open=True),
+        "width": _width,
         "dropout_input": _num(0, 0.99),
         "dropout_hidden": _num(0, 0.99),
         "lrelu_slope": _num(0, 1),
         "prelu_init": _num(0, 1),
     },
     "train": {
-        "seed": _int(0),
+        "seed": _int(0, SEED_MAX),
         "epochs": _int(1),
         "batch_size": _int(1),
         "optimizer": _one_of("sgd", "adam"),
@@ -200,26 +170,27 @@ SCHEMA = {
         "validation": _int(0),
         "probe_images": _int(1),
     },
-    "evaluate": {"batch_size": _int(1)},
+    "evaluate": {"batch_size": _int(1, EVALUATE_BATCH_MAX)},
 }
 
 
 def _validate(schema, values, prefix, errors):
     if not isinstance(values, dict):
-        errors.append(f"{prefix.rstrip('.') or 'top level'} = {values!r}: must be a mapping of {', '.join(schema)}")
+        errors.append(f"{prefix.rstrip('.') or 'top level'} = {shown(values)}: must be a mapping of {', '.join(schema)}")
         return
     for key in values:
         if key not in schema:
-            close = difflib.get_close_matches(str(key), list(schema), n=1)
+            close = difflib.get_close_matches(str(key)[:100], list(schema), n=1)
             hint = f"did you mean {prefix}{close[0]}?" if close else "allowed: " + ", ".join(schema)
-            errors.append(f"{prefix}{key}: unknown key; {hint}")
+            name = key if isinstance(key, str) and len(key) <= 60 and key.isprintable() else shown(key)
+            errors.append(f"{prefix}{name}: unknown key; {hint}")
     for key, check in schema.items():
         if key not in values:
             errors.append(f"{prefix}{key}: missing; see the README's params.yaml section")
         elif isinstance(check, dict):
             _validate(check, values[key], f"{prefix}{key}.", errors)
         elif (allowed := check(values[key])) is not None:
-            errors.append(f"{prefix}{key} = {values[key]!r}: must be {allowed}")
+            errors.append(f"{prefix}{key} = {shown(values[key])}: must be {allowed}")
 
 
 def validate(params):
@@ -230,10 +201,29 @@ def validate(params):
         if params["dataset"] not in params["grid"]["dataset"]:
             errors.append(f"dataset = {params['dataset']!r}: must be one of grid.dataset "
                           f"{params['grid']['dataset']} (its prepare stage comes from the grid)")
-        if params["train"]["validation"] >= (params["train"]["limit"] or 50000):
-            errors.append(f"train.validation = {params['train']['validation']}: must be smaller than the "
-                          f"training images (train.limit = {params['train']['limit']})")
+        errors += [e for d in params["grid"]["dataset"] if (e := _split_error(params, d))][:1]
     return errors
+
+
+def num_classes(params, dataset):
+    return 10 if dataset == "cifar10" else {"fine": 100, "coarse": 20}[params["data"][dataset]["labels"]]
+
+
+def _split_error(params, dataset):
+    """train.validation is held out first (class-balanced), then train.limit takes a class-balanced subset of
+    the rest: at least one batch must remain (sizes of the official training split; the train stage checks
+    the data it has)."""
+    t, n = params["train"], num_classes(params, dataset)
+    rest = (TRAIN_IMAGES // n - t["validation"] // n) * n
+    if t["limit"] is not None and (t["limit"] // n) * n < min(rest, t["batch_size"]):
+        return (f"train.limit = {t['limit']}: gives {t['limit'] // n * n} training images of {dataset} (the "
+                f"subset is class-balanced: {t['limit'] // n} of each of {n} classes), fewer than one batch "
+                f"(train.batch_size = {t['batch_size']}); raise it to at least "
+                f"{-(-t['batch_size'] // n) * n}, or null for all images")
+    if rest < t["batch_size"]:
+        return (f"train.validation = {t['validation']}: leaves {max(rest, 0)} of the {TRAIN_IMAGES} training "
+                f"images of {dataset}, fewer than one batch (train.batch_size = {t['batch_size']}); lower it")
+    return None
 
 
 def parse(path=PARAMS):
@@ -241,11 +231,24 @@ def parse(path=PARAMS):
     the value DVC hands the stages: `off`, `yes` and `1:00` are strings here, as they are to DVC (PyYAML's
     YAML 1.1 would read False, True and 60)."""
     try:
-        return YAML(typ="safe").load(Path(path).read_text())
+        text = Path(path).read_text()
+        _without_aliases(path, text)
+        return YAML(typ="safe").load(text)
     except (OSError, YAMLError) as e:
         mark = getattr(e, "problem_mark", None)  # one line: the YAML library's own message spans several
         raise UserError(f"{path}: cannot be read as YAML (" + (f"line {mark.line + 1}, column {mark.column + 1}: "
                         f"{e.problem})" if mark else f"{' '.join(str(e).split())})"))
+
+
+def _without_aliases(path, text):
+    """Refuses YAML aliases (*name) before anything expands them: nine nested aliases of nine items each are 387
+    million values from a file of a few hundred bytes (a check grew past 1.3 GB, DVC's own reading to 5.4 GB)."""
+    for event in YAML(typ="safe").parse(text):  # events only: nothing is built, nothing expanded
+        if isinstance(event, AliasEvent):
+            mark = event.start_mark
+            raise UserError(f"{path}: line {mark.line + 1}: a YAML alias (*{shown(event.anchor)[1:-1]}); write the "
+                            f"value out instead (anchors and aliases are refused: a few of them can expand to "
+                            f"billions of values)")
 
 
 def load(path=PARAMS):

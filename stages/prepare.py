@@ -7,11 +7,11 @@ data/prepared/<dataset>/classes.json, the class names in label order.
 import argparse
 import contextlib
 import hashlib
-import io
 import json
-import re
+import os
 import shutil
 import sys
+import time
 import urllib.parse
 import urllib.request
 from pathlib import Path
@@ -19,8 +19,9 @@ from pathlib import Path
 import numpy as np
 
 from stages import cifar
-from stages.outputs import atomic_path, remove_stale, temporary
-from stages.params import PARAMS, SCHEMA, UserError, _validate, cli, dataset_argument, parse
+from stages.outputs import atomic_path, discard, remove_stale, temporary
+from stages.cli import UserError, cli
+from stages.params import PARAMS, SCHEMA, _validate, dataset_argument, parse, redact, shown
 
 RAW, PREPARED = Path("data/raw"), Path("data/prepared")
 
@@ -42,30 +43,49 @@ def _local_file(url, key):
     return path
 
 
-class _WithoutColours(io.TextIOBase):
-    """A stream that writes to `stream` without ANSI colour codes and backspaces: Keras' progress bar writes
-    both even when the output is a log file (a `dvc repro` redirected, a queue worker's log)."""
-
-    def __init__(self, stream):
-        self.stream = stream
-
-    def write(self, text):
-        return self.stream.write(re.sub(r"\x1b\[[0-9;]*m|\x08+", "", text))  # colours, and backspaces
-
-    def flush(self):
-        self.stream.flush()
+# a download must not hang: no byte for STALL seconds (before or after the headers), or less than STALL_BYTES
+# in any STALL seconds (a trickle), ends it. $STAGES_DOWNLOAD_STALL sets STALL for slow links.
+STALL = float(os.environ.get("STAGES_DOWNLOAD_STALL", 20))
+STALL_BYTES = 1 << 16
+CHUNK = 1 << 20
 
 
-def _download(url, name, folder, key):
-    from keras.utils import get_file  # progress bar and retries in one well-kept place
+def _receive(response, f, url):
+    """Copies the body to f, printing progress lines (plain text: a log has no terminal); raises TimeoutError
+    when the stall limit is reached."""
+    total = int(response.headers.get("content-length") or 0)
+    done, window, window_bytes, shown = 0, time.monotonic(), 0, 0
+    while chunk := response.raw.read1(CHUNK):
+        f.write(chunk)
+        done, window_bytes = done + len(chunk), window_bytes + len(chunk)
+        if time.monotonic() - window > STALL:
+            if window_bytes < STALL_BYTES:
+                raise TimeoutError(f"less than {STALL_BYTES} bytes in {STALL:g} s")
+            window, window_bytes = time.monotonic(), 0
+        if total and done * 10 // total > shown:
+            shown = done * 10 // total
+            print(f"{redact(url)}: {done / 1e6:.1f} of {total / 1e6:.1f} MB", flush=True)
+    if total and done != total:
+        raise EOFError(f"{done} of {total} bytes")
 
-    plain = contextlib.nullcontext() if sys.stdout.isatty() else contextlib.redirect_stdout(_WithoutColours(sys.stdout))
+
+def _download(url, path, key):
+    """url to path; ~/.netrc (or the file $NETRC names) gives credentials, as for curl and pip."""
+    import requests
+    import urllib3
+    print(f"Downloading data from {redact(url)}", flush=True)
     try:
-        with plain:
-            return Path(get_file(name, url, cache_dir=folder, cache_subdir="."))
-    except Exception as e:  # get_file wraps network errors in generic exceptions
-        raise UserError(f"{key}.url: cannot download {url} ({type(e).__name__}: {e}); offline, download "
-                        f"the archive elsewhere and set {key}.url to its local path or file:// URL") from None
+        with requests.get(url, stream=True, timeout=STALL) as response, open(path, "wb") as f:
+            response.raise_for_status()
+            _receive(response, f, url)
+    except (requests.RequestException, urllib3.exceptions.HTTPError, TimeoutError, EOFError) as e:
+        stalled = isinstance(e, (TimeoutError, requests.Timeout, urllib3.exceptions.TimeoutError)) or \
+            "timed out" in str(e)
+        why = f"no progress for {STALL:g} s" if stalled else " ".join(redact(str(e)).split())[:300]
+        raise UserError(f"{key}.url: cannot download {redact(url)} ({type(e).__name__}: {why}); offline or on "
+                        f"a slow link, download the archive elsewhere and set {key}.url to its local path or "
+                        f"file:// URL (or raise $STAGES_DOWNLOAD_STALL, seconds)") from None
+    return path
 
 
 def file_md5(path):
@@ -83,25 +103,28 @@ def _verify(path, md5, url, local, key):
     return actual
 
 
+@contextlib.contextmanager
 def fetch(url, md5, dest_dir, key):
-    """The archive at url in dest_dir, md5-checked. http(s), file:// and plain local paths are accepted."""
+    """Yields the archive at url, md5-checked, in a temporary folder beside dest_dir; moved into dest_dir when
+    the block ends without an error (a refused archive leaves nothing in dest_dir). http(s), file:// and plain
+    local paths are accepted."""
     local = _local_file(url, key)
     name = local.name if local else urllib.parse.unquote(urllib.parse.urlparse(url).path).rsplit("/", 1)[-1]
     if name in ("", ".", ".."):  # params' check refuses these too; the archive is saved under this name
-        raise UserError(f"{key}.url: {url!r} does not end in the archive's file name; give the archive's own URL")
+        raise UserError(f"{key}.url: {shown(url)} does not end in the archive's file name; give the archive's own URL")
     if md5 is None:
         print(f"warning: {key}.md5 is null: the archive's integrity is not checked", file=sys.stderr, flush=True)
     dest_dir.parent.mkdir(parents=True, exist_ok=True)
     remove_stale(dest_dir)  # a killed earlier run's download
     folder = temporary(dest_dir)
     try:
-        path = shutil.copyfile(local, folder / name) if local else _download(url, name, folder, key)
+        path = shutil.copyfile(local, folder / name) if local else _download(url, folder / name, key)
         _verify(path, md5, url, local, key)
+        yield path
         with atomic_path(dest_dir, directory=True) as out:
             shutil.move(path, out / name)
     finally:
-        shutil.rmtree(folder, ignore_errors=True)
-    return dest_dir / name
+        discard(folder)
 
 
 def data_params(dataset):
@@ -119,8 +142,8 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     dataset = dataset_argument(parser)
     cfg = data_params(dataset)
-    archive = fetch(cfg["url"], cfg["md5"], RAW / dataset, f"data.{dataset}")
-    splits, classes = cifar.read(archive, dataset, cfg.get("labels", "fine"))
+    with fetch(cfg["url"], cfg["md5"], RAW / dataset, f"data.{dataset}") as archive:
+        splits, classes = cifar.read(archive, dataset, cfg.get("labels", "fine"), name=redact(cfg["url"]))
     with atomic_path(PREPARED / dataset, directory=True) as out:
         for split, (x, y) in splits.items():
             np.savez(out / f"{split}.npz", x=x, y=y)

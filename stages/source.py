@@ -12,7 +12,8 @@ import json
 from pathlib import Path
 
 from stages.outputs import atomic_path
-from stages.params import cli, dataset_argument
+from stages.cli import cli
+from stages.params import dataset_argument
 from stages.prepare import _local_file, data_params, file_md5
 
 SOURCE = Path("data/source")

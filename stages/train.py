@@ -15,7 +15,8 @@ import numpy as np
 from stages import backend, checkpoint
 from stages.entry import balanced_split, from_command_line, grid_entries, load_split, read_classes
 from stages.outputs import atomic_path, write_json
-from stages.params import UserError, cli, count
+from stages.cli import UserError, cli, on_interrupt
+from stages.params import count
 
 
 def lr_schedule(t, steps, keras):
@@ -55,6 +56,24 @@ def fingerprint(entry, params, precision, stage):
             "activation": entry.activation, "batch_norm": entry.batch_norm, "precision": precision,
             "data_sha256": checkpoint.sha256(f"data/prepared/{entry.dataset}/train.npz"),
             "code_sha256": checkpoint.code_digest(stage)}
+
+
+def too_few_images(t, n_train, n_all, n_classes, dataset):
+    """Why no batch is left: train.validation is held out first, then train.limit takes from the rest."""
+    if t["limit"] is not None and n_train == t["limit"] // n_classes * n_classes:
+        return (f"params.yaml: train.limit = {t['limit']}: gives {n_train} training images of {dataset} (the subset "
+                f"is class-balanced: {t['limit'] // n_classes} of each of {n_classes} classes), fewer than "
+                f"train.batch_size = {t['batch_size']}; raise train.limit or lower train.batch_size")
+    return (f"params.yaml: train.validation = {t['validation']}: leaves {n_train} of the {n_all} training images of "
+            f"{dataset}, fewer than train.batch_size = {t['batch_size']}; lower train.validation or train.batch_size")
+
+
+def interrupted_note(recorder, epochs):
+    """The words after "interrupted" when Ctrl-C stops training."""
+    done = len(recorder.history)
+    if not done:
+        return " before the first epoch ended; `dvc repro` starts it again"
+    return f" after epoch {done} of {epochs}; `dvc repro` resumes from the checkpoint"
 
 
 def queued(entry, params):
@@ -98,8 +117,7 @@ def main():
     data = (x[tr], y[tr], x[va], y[va])
     steps = len(tr) // t["batch_size"]
     if steps == 0:
-        raise UserError(f"params.yaml: train.batch_size = {t['batch_size']}: larger than the {len(tr)} training "
-                        f"images; lower it or raise train.limit")
+        raise UserError(too_few_images(t, len(tr), len(y), len(classes), entry.dataset))
     precision, device, scope = backend.configure(t["precision"], entry.seed)
     from dvclive import Live
 
@@ -114,6 +132,7 @@ def main():
     recorder = progress.Recorder(history, live, out["ckpt"], data[0][:params["train"]["probe_images"]]
                                  .astype("float32"), t["epochs"], steps, queued(entry, params), device != "cpu")
     recorder.set_model(model)
+    on_interrupt(lambda: interrupted_note(recorder, t["epochs"]))
     t0 = time.perf_counter()
     if start < t["epochs"]:
         print(f"training {out['model']}: {entry.label}, seed {entry.seed}, {len(tr)} train / {len(va)} validation "

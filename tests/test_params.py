@@ -78,7 +78,7 @@ def test_unknown_key_without_a_close_match_lists_the_allowed_keys():
     ("batch_norm", "false", "true or false"),
     ("train.augment", 1, "true or false"),
     ("grid.seed", 0, "a non-empty list"),
-    ("grid.seed", ["0"], "a list whose items are each an integer >= 0 ('0' is not)"),
+    ("grid.seed", ["0"], "a list whose items are each an integer in [0, 4294967295] ('0' is not)"),
     ("grid.batch_norm", [False, "true"], "a list whose items are each true or false ('true' is not)"),
     ("grid.activation", "relu", "a non-empty list"),
     ("data.cifar10.md5", 12345, "32 lower-case hex digits, or null to skip the check"),
@@ -96,8 +96,8 @@ def test_unknown_key_without_a_close_match_lists_the_allowed_keys():
     ("train.probe_images", 0, "an integer >= 1"),
     ("train.limit", 0, "an integer >= 1"),
     ("train.validation", -10, "an integer >= 0"),
-    ("train.seed", -1, "an integer >= 0"),
-    ("evaluate.batch_size", 0, "an integer >= 1"),
+    ("train.seed", -1, "an integer in [0, 4294967295]"),
+    ("evaluate.batch_size", 0, "an integer in [1, 1000]"),
     ("model.width", 0, "a number in (0, 16]"),
     ("model.width", -0.5, "a number in (0, 16]"),
     ("model.width", float("inf"), "a number in (0, 16]"),
@@ -109,7 +109,7 @@ def test_unknown_key_without_a_close_match_lists_the_allowed_keys():
     ("train.lr_gamma", 0, "a number in (0, 1]"),
     ("train.lr_drops", [0.9, 0.5], "an increasing list of fractions of training in (0, 1)"),
     ("train.lr_drops", [0.5, 1.0], "an increasing list of fractions of training in (0, 1)"),
-    ("grid.seed", [0, -1], "a list whose items are each an integer >= 0 (-1 is not)"),
+    ("grid.seed", [0, -1], "a list whose items are each an integer in [0, 4294967295] (-1 is not)"),
     ("grid.seed", [0, 0], "a list without repeated values"),
     ("grid.activation", [], "a non-empty list"),
     # unknown names
@@ -157,8 +157,10 @@ def test_experiment_dataset_must_be_in_the_grid():
 
 
 def test_validation_split_must_leave_training_images():
-    line = one_problem(changed("train.limit", 40))
-    assert line == "train.validation = 40: must be smaller than the training images (train.limit = 40)"
+    """Validation is held out first, then train.limit takes from the rest (was: validation compared to limit)."""
+    line = one_problem(changed("train.validation", 49_990))
+    assert line == ("train.validation = 49990: leaves 10 of the 50000 training images of cifar10, fewer than one "
+                    "batch (train.batch_size = 32); lower it")
 
 
 @pytest.mark.parametrize("value", SHELL)
