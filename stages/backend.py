@@ -5,10 +5,12 @@ select() must run before the first `import keras` (params.load() calls it): Kera
 """
 import importlib.util
 import os
+import re
+import subprocess
 import sys
 from pathlib import Path
 
-from stages.cli import UserError
+from stages.params import UserError
 
 
 def select(backend):
@@ -41,6 +43,33 @@ def accelerators():
             for g, d in zip(gpus, details)]
 
 
+GPU_FIX = "pip install -r requirements-gpu.txt (TensorFlow's and JAX's CUDA wheels; see the README's GPU section)"
+
+
+def nvidia_gpus():
+    """The GPUs that `nvidia-smi -L` lists, by name; [] without nvidia-smi or a working driver."""
+    try:
+        listing = subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True, timeout=20).stdout
+    except (OSError, subprocess.SubprocessError):
+        return []
+    return parse_nvidia_smi(listing)
+
+
+def parse_nvidia_smi(listing):
+    """`nvidia-smi -L`'s lines ("GPU 0: NVIDIA H100 80GB HBM3 (UUID: GPU-…)") -> ["NVIDIA H100 80GB HBM3"]."""
+    return re.findall(r"^GPU \d+: (.+?)(?: \(UUID: [^)]*\))?\s*$", listing, re.MULTILINE)
+
+
+def unused_gpu_warning(listed, seen, backend, visible=None):
+    """One line when nvidia-smi lists a GPU that Keras' backend does not see (CPU-only wheels), else None;
+    None too when CUDA_VISIBLE_DEVICES (`visible`) hides the GPUs on purpose."""
+    if not listed or seen or visible in ("", "-1"):
+        return None
+    return (f"warning: nvidia-smi lists {listed[0]}{f' and {len(listed) - 1} more' if len(listed) > 1 else ''} but "
+            f"Keras' {backend} backend sees no GPU, so this trains on the CPU (days at the default sizes); stop "
+            f"it and {GPU_FIX}")
+
+
 def cpu_has_bf16():
     flags = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
     return "avx512_bf16" in flags or "amx_bf16" in flags
@@ -67,6 +96,10 @@ def configure(precision, seed):
 
     import keras
     gpus = accelerators()
+    warning = None if gpus else unused_gpu_warning(nvidia_gpus(), gpus, keras.backend.backend(),
+                                                   os.environ.get("CUDA_VISIBLE_DEVICES"))
+    if warning:
+        print(warning, file=sys.stderr, flush=True)
     precision = choose_precision(precision, gpus)
     keras.mixed_precision.set_dtype_policy(precision)
     keras.utils.set_random_seed(seed)  # Python, NumPy and the backend's: weights, dropout
