@@ -10,7 +10,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from stages.params import UserError
+from stages.cli import UserError
 
 
 def select(backend):
