@@ -165,7 +165,8 @@ def refuse_without_gpu(args):
                  "for days; run it on a GPU machine, or pass --allow-cpu if you mean it (--tiny for a CPU check)")
     probe = "import jax; print(sum(d.platform == 'gpu' for d in jax.devices()))"
     try:
-        seen = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120).stdout
+        seen = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120,
+                              env={**os.environ, "XLA_PYTHON_CLIENT_PREALLOCATE": "false"}).stdout
     except subprocess.TimeoutExpired:
         seen = ""
     if not seen.strip().isdigit() or int(seen) == 0:
@@ -629,7 +630,7 @@ def add_curves(study, v, finished):
     return df
 
 
-def stop_running(study):
+def stop_running(study, why):
     """Stops every process still running; the entries stopped keep their curves so far (and their checkpoints
     in --work, which a later call with the same --work resumes)."""
     study.procs.stop_all()
@@ -637,7 +638,7 @@ def stop_running(study):
         df = add_curves(study, v, finished=False)
         done = 0 if df is None else len(df)
         study.state["stopped"][v] = f"during {step}, {done} of {study.state['study'].get('epochs')} epochs done"
-        study.say(f"{v}: stopped at the deadline during {step} ({done} epochs done)")
+        study.say(f"{v}: stopped {why} during {step} ({done} epochs done)")
     study.running = {}
 
 
@@ -680,17 +681,17 @@ def main():
     study = Study(args)
     signal.signal(signal.SIGTERM, _stop_on_signal)
     signal.signal(signal.SIGINT, _stop_on_signal)
-    code = 0
+    code, why = 0, "at the deadline"
     try:
         run(study)
     except Stopped as e:
         study.say(f"stopped by {e}")
-        code = 128 + signal.Signals[str(e)]
+        code, why = 128 + signal.Signals[str(e)], f"by {e}"
     except StudyError as e:
         study.say(f"error: {e}")
         code = 1
     finally:
-        stop_running(study)
+        stop_running(study, why)
         study.save()
     study.say(f"done: {len(study.state['entries'])} entries in --out, {study.epochs_note() or 'no epochs chosen'}; "
               f"stopped: {', '.join(study.state['stopped']) or 'none'}; failed: "

@@ -156,6 +156,29 @@ def test_killed_mid_training_leaves_its_files_and_no_process(rehearsal):
     assert "plan: " in (out / "log.txt").read_text() and (out / "study.md").is_file()
 
 
+def test_sigterm_stops_every_process_and_writes_what_it_had(rehearsal):
+    """What `timeout` or a scheduler sends: the study stops its process groups, records the entry it stopped,
+    and ends by the signal."""
+    _, _, base = rehearsal
+    out, work = base / "terminated", base / "work"
+    p = subprocess.Popen([*STUDY, *TINY, "--out", str(out), "--resume-from", str(base / "out/study/results.json"),
+                          "--work", str(work), "--archive", str(base / ".device/cifar-10.tar"), "--md5", "none",
+                          "--entries", "relu+bn", "elu", "prelu", "--budget-seconds", "300"], cwd=base, env=ENV,
+                         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    deadline = time.time() + 60
+    while not ((out / "log.txt").exists() and "plan: " in (out / "log.txt").read_text()) and time.time() < deadline:
+        time.sleep(0.5)
+    time.sleep(3)  # the train stage has started
+    t0 = time.time()
+    p.send_signal(signal.SIGTERM)
+    output = p.communicate(timeout=60)[0]
+    assert p.returncode == 128 + signal.SIGTERM and time.time() - t0 < 10, output[-3000:]
+    assert "stopped by SIGTERM" in output and "prelu: stopped by SIGTERM during train" in output
+    state = json.loads((out / "results.json").read_text())
+    assert list(state["stopped"]) == ["prelu"] and set(state["entries"]) == {"relu+bn", "elu"}
+    assert study_processes(work) == []
+
+
 @no_gpu
 def test_without_a_gpu_a_real_run_refuses_in_one_line(tmp_path):
     t0 = time.time()
