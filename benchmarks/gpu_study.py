@@ -14,7 +14,8 @@ Needs the project's working tree, JAX and Keras (TensorFlow is not used). Steps:
    images/s stops growing; MFU of the summed rate against the datasheet dense bf16 peak and a measured matmul;
 4. the epochs E: --epochs N, or (auto) the largest E <= train.epochs such that every entry asked for, at the
    concurrency that fits most, trains and evaluates in what is left of the budget with SAFETY to spare (the step
-   schedule is in fractions of training, so it scales); every output says "E of 150 epochs (fitted to the budget)";
+   schedule is in fractions of training, so it scales), or when not even E = 1 fits them all, the first entries
+   that do; every output says "E of 150 epochs (fitted to the budget)";
 5. the entries, in ORDER, by the train and evaluate stages themselves, n at a time; --out is rewritten after the
    measurement and after every finished entry, so a call killed at any moment returns what it had; at the
    deadline every process group gets SIGTERM, then SIGKILL after GRACE seconds; every process started dies
@@ -296,6 +297,9 @@ def setup_project(study):
     for section, values in (TINY if args.tiny else {}).items():
         params[section].update(values)
     study.state["study"].setdefault("epochs_of", params["train"]["epochs"])
+    if args.epochs != "auto" and int(args.epochs) > params["train"]["epochs"]:
+        raise StudyError(f"--epochs {args.epochs}: more than the recipe's train.epochs ({params['train']['epochs']}); "
+                         f"give at most {params['train']['epochs']}, or auto")
     write_params(work, params)
     return params
 
@@ -518,7 +522,7 @@ def entry_seconds(m, t, test_images, epochs, n, count):
 def fit_epochs(m, t, test_images, count, left):
     """(E, n): the largest E <= train.epochs, and its concurrency, whose estimate x SAFETY fits in `left`
     seconds; E is 0 when not even one epoch fits."""
-    best = (0, int(min(m["rates"], key=lambda n: -m["rates"][n])))
+    best = (0, int(max(m["rates"], key=m["rates"].get)))
     for n in map(int, m["rates"]):
         fixed, one = (entry_seconds(m, t, test_images, e, n, count) for e in (0, 1))
         e = min(t["epochs"], int((left / SAFETY - fixed) // max(one - fixed, 1e-9)))
