@@ -1,7 +1,7 @@
 """report: rank the grid's variants per dataset, say which neighbours the data can tell apart, BN's cost, bias shift.
 
 Reads only the entries in the current params.yaml grid (old files of removed entries are ignored).
-Outputs: metrics/summary.json; reports/report.md, a table a person reads; plots/figures/<dataset>_*.png, the
+Outputs: metrics/summary.json; reports/report.md, a table a person reads; plots/grid/<dataset>_*.png, the
 figures (image plots: `dvc plots diff` shows two revisions side by side); plots/curves/<dataset>.tsv, the curves
 of every variant in one file for `dvc plots`. Every figure and the report state the configuration behind them.
 """
@@ -22,9 +22,10 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
-REPORT, FIGURES, CURVES = Path("reports/report.md"), Path("plots/figures"), Path("plots/curves")
+REPORT, FIGURES, CURVES = Path("reports/report.md"), Path("plots/grid"), Path("plots/curves")
 ALPHA = 0.05  # neighbours whose test gives p < ALPHA are called distinguishable
 LEVEL = 0.95  # confidence level of the error bars
+HUES = ("relu", "lrelu", "prelu", "elu")  # activations with a fixed colour (colour()), in tab20's order of hues
 TIMING = ("Seconds per epoch, and so BN's cost ratio, depend on the machine and on what else ran on it meanwhile: "
           "compare them within one run on an otherwise idle machine, not across runs or machines.")
 WILCOXON_SEEDS = 6  # below 6 seeds Wilcoxon's signed-rank test cannot reach p < 0.05 (n = 5: p >= 0.0625)
@@ -68,7 +69,8 @@ def collect(grid):
         c = read_curves(p["live"])
         acts = [k for k in c if k.startswith("act") and k.endswith("_mean")]
         c["act_mean"] = c[acts[:-1]].mean(axis=1)  # hidden layers only: the class layer's output is a score
-        curves.append(c.assign(dataset=ds, variant=v, activation=act, batch_norm=bn, seed=seed))
+        curves.append(c.assign(dataset=ds, variant=v, activation=act, batch_norm=bn, seed=seed,
+                               colour=colour(act, bn, grid["activation"])))  # for the interactive charts
     return pd.DataFrame(rows), pd.concat(curves, ignore_index=True), correct
 
 
@@ -230,10 +232,24 @@ def configuration(params, d):
             f"{', '.join(map(str, seeds))}")
 
 
+def colour(activation, batch_norm, activations):
+    """A variant's colour, the same in every PNG figure and, through the colour column of plots/curves, in the
+    interactive charts (.dvc/plots/variants.json): a hue per activation (HUES first, the grid's others after
+    them in alphabetical order), dark with BN and light without (matplotlib's tab20 pairs)."""
+    order = list(HUES) + sorted(set(activations) - set(HUES))
+    return matplotlib.colors.to_hex(plt.cm.tab20.colors[2 * (order.index(activation) % 10) + (not batch_norm)])
+
+
 def style(activation, batch_norm, activations):
-    """Colour = activation, line style = BN, the same in every figure."""
-    colour = plt.cm.tab10.colors[sorted(activations).index(activation) % 10]
-    return {"color": colour, "ls": "-" if batch_norm else "--", "label": label(activation, batch_norm)}
+    """Colour = variant (hue = activation), line style = BN, the same in every figure."""
+    return {"color": colour(activation, batch_norm, activations), "ls": "-" if batch_norm else "--",
+            "label": label(activation, batch_norm)}
+
+
+def legend_outside(ax):
+    """The legend to the right of ax, outside it, where it covers no data (save()'s tight layout makes room)."""
+    ax.legend(fontsize=8, title="solid: with BN, dashed: without", title_fontsize=8, loc="upper left",
+              bbox_to_anchor=(1.02, 1), borderaxespad=0)
 
 
 def figure(config, nrows, ncols, **kw):
@@ -264,7 +280,7 @@ def plot_curves(c, classes, config):
             axes[row, col].grid(alpha=0.3)
         axes[1, col].set_xlabel("epoch")
         axes[1, col].xaxis.set_major_locator(MaxNLocator(integer=True))
-    axes[1, 1].legend(fontsize=8, title="solid: with BN, dashed: without", title_fontsize=8)
+    legend_outside(axes[1, 1])
     return fig
 
 
@@ -311,7 +327,7 @@ def plot_bias_shift(c, config):
     for ax in (a1, a2):
         ax.axhline(0, color="grey", lw=0.8)
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=8, title="solid: with BN, dashed: without", title_fontsize=8)
+    legend_outside(a2)
     return fig
 
 

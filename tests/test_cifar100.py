@@ -35,5 +35,5 @@ def test_cifar100_through_train_evaluate_and_report(tmp_path, labels, classes, b
     report = (repo / "reports/report.md").read_text()
     assert "## cifar100" in report and "| elu " in report, report[:2000]
     for png in ("curves", "test_error", "bias_shift"):
-        assert (repo / f"plots/figures/cifar100_{png}.png").stat().st_size > 10_000
+        assert (repo / f"plots/grid/cifar100_{png}.png").stat().st_size > 10_000
     assert "report: cifar100: elu" in out

@@ -37,7 +37,7 @@ def test_repro_trains_every_entry_and_reports(study):
     report = (repo / "reports/report.md").read_text()
     assert "| 1 |" in report and "Ranking:" in report
     for png in ("curves", "test_error", "bias_shift"):
-        assert (repo / f"plots/figures/cifar10_{png}.png").stat().st_size > 10_000
+        assert (repo / f"plots/grid/cifar10_{png}.png").stat().st_size > 10_000
     curves = (repo / "plots/curves/cifar10.tsv").read_text().splitlines()
     assert curves[0].split("\t")[:1] == ["epoch"] and len(curves) == 1 + 2 * len(ENTRIES)  # 2 epochs each
 

@@ -85,12 +85,13 @@ def test_report_states_its_configuration_and_links_the_figures(study):
     params = yaml.safe_load((study / "params.yaml").read_text())
     config = (f"Configuration: cifar10, width {params['model']['width']}, 1,000 training images, 3 epochs, "
               f"batch {params['train']['batch_size']}, sgd lr {params['train']['learning_rate']} (×0.1 at "
-              f"57%/71%/86% of training), float32, backend tensorflow, 200 test images, seeds 0.")
+              f"57%/71%/86% of training), float32, backend tensorflow, 200 test images, seed 0.")
     assert config in report
+    assert "Seconds per epoch, and so BN's cost ratio, depend on the machine and on what else ran on it" in report
     assert "| elu+bn | elu | McNemar exact (same test images) |" in report and "| yes |" in report
     for name in ("curves", "test_error", "bias_shift"):
-        assert f"](../plots/figures/cifar10_{name}.png)" in report  # relative to reports/
-        assert (study / f"plots/figures/cifar10_{name}.png").stat().st_size > 10_000
+        assert f"](../plots/grid/cifar10_{name}.png)" in report  # relative to reports/
+        assert (study / f"plots/grid/cifar10_{name}.png").stat().st_size > 10_000
     assert not list((study / "reports").glob("*.png"))  # the figures moved to plots/
 
 
@@ -102,7 +103,10 @@ def test_figures_tell_activation_bn_and_chance_apart(study, monkeypatch):
     fig = report.plot_curves(curves, CLASSES, "config line")
     val_accuracy = fig.axes[2]
     lines = {ln.get_label(): ln for ln in val_accuracy.get_lines()}
-    assert lines["relu"].get_color() == lines["relu+bn"].get_color() != lines["elu"].get_color()
+    # one colour per variant, the one the interactive charts get (report.colour); BN also by line style
+    colours = {v: lines[v].get_color() for v in ("relu", "relu+bn", "elu", "elu+bn")}
+    assert colours == {v: report.colour(v.split("+")[0], v.endswith("+bn"), GRID["activation"]) for v in colours}
+    assert len(set(colours.values())) == 4 and colours["relu+bn"] == report.colour("relu", True, ["selu", "relu"])
     assert (lines["relu"].get_linestyle(), lines["relu+bn"].get_linestyle()) == ("--", "-")
     assert lines["chance (1/10)"].get_ydata()[0] == pytest.approx(0.1)
     assert all(t == int(t) for t in val_accuracy.get_xticks())
@@ -110,8 +114,22 @@ def test_figures_tell_activation_bn_and_chance_apart(study, monkeypatch):
     fig = report.plot_error_and_speed(s, "config line")
     assert fig.axes[0].get_ylabel() == fig.axes[1].get_ylabel() == "test error"
     assert "Wilson" in fig.texts[-1].get_text() or "Wilson" in fig._suptitle.get_text()
-    fig = report.plot_bias_shift(curves, "config line")
-    assert all(ax.get_legend() is not None for ax in fig.axes)
+
+
+def test_figure_legends_cover_no_data(study, monkeypatch, tmp_path):
+    """Were inside the axes, over the curves; now beside them, inside the figure."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from stages import report
+    monkeypatch.chdir(study)
+    curves = report.collect(GRID)[1]
+    for fig in (report.plot_curves(curves, CLASSES, "config line"), report.plot_bias_shift(curves, "config line")):
+        report.save(fig, tmp_path / "figure.png")  # laid out as the report stage lays it out (and closed)
+        renderer = FigureCanvasAgg(fig).get_renderer()
+        legends = [ax.get_legend() for ax in fig.axes if ax.get_legend()]
+        assert len(legends) == 1 and len(legends[0].get_texts()) >= len(RIGHT)
+        box = legends[0].get_window_extent(renderer)
+        assert not any(box.overlaps(ax.get_window_extent(renderer)) for ax in fig.axes), box
+        assert fig.bbox.contains(box.x0, box.y0) and fig.bbox.contains(box.x1, box.y1), (box, fig.bbox)
 
 
 def test_report_says_how_far_it_reproduces_the_write_up(study):
@@ -139,7 +157,7 @@ def test_plots_diff_shows_each_figure_of_two_revisions(study):
     write_entry(study, "relu", False, 0, 180)  # relu now first: a new ranking
     dvc("repro", "--single-item", "report", cwd=study)
     out = dvc("plots", "diff", "HEAD", "--json", cwd=study).stdout  # after a warning: no experiment curves here
-    shown = json.loads(out.splitlines()[-1])["data"]["plots/figures/cifar10_test_error.png"]
+    shown = json.loads(out.splitlines()[-1])["data"]["plots/grid/cifar10_test_error.png"]
     images = {d["revisions"][0]: Path(d["url"]).read_bytes() for d in shown}
     assert sorted(images) == ["HEAD", "workspace"] and images["HEAD"] != images["workspace"]
 

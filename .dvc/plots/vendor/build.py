@@ -15,6 +15,7 @@ HERE = Path(__file__).resolve().parent
 # package, version, built file; the majors DVC's own page uses (vega 5, vega-lite 5, vega-embed 6)
 PACKAGES = [("vega", "5.33.1", "build/vega.min.js"), ("vega-lite", "5.23.0", "build/vega-lite.min.js"),
             ("vega-embed", "6.29.0", "build/vega-embed.min.js")]
+# img: two revisions of a figure fit side by side in the window (`dvc plots diff` puts them on one line)
 PAGE = """<!DOCTYPE html>
 <html>
 <head>
@@ -23,7 +24,7 @@ PAGE = """<!DOCTYPE html>
 <title>DVC Plot</title>
 <!-- DVC's scripts placeholder is left out on purpose: DVC would put its CDN script tags there -->
 {inlined}
-<style>table {{ border-spacing: 15px; }}</style>
+<style>table {{ border-spacing: 15px; }} img {{ max-width: calc(50vw - 40px); height: auto; }}</style>
 </head>
 <body>
 {{plot_divs}}
