@@ -200,6 +200,17 @@ def test_epochs_that_cannot_be_are_one_line(tmp_path, cifar10_archive, epochs, m
     assert len(errors) == 1 and errors[0].endswith(message), p.stdout
 
 
+def test_a_failed_stage_leaves_its_log_tail_in_out(tmp_path):
+    (tmp_path / "damaged.tar").write_bytes(b"not a tar archive" * 100)
+    p = run([*STUDY, *TINY, "--out", str(tmp_path / "out"), "--work", str(tmp_path / "work"), "--archive",
+             str(tmp_path / "damaged.tar"), "--md5", "none"], tmp_path, env=ENV, check=False, timeout=120)
+    assert p.returncode == 1 and "error: prepare failed (exit 2); its log's tail is in" in p.stdout, p.stdout
+    tail = (tmp_path / "out/failures.txt").read_text()
+    assert tail.startswith("=== prepare: the last 4000 characters of") and "damaged.tar" in tail
+    assert "error: " in tail and "Traceback" not in p.stdout
+    assert json.loads((tmp_path / "out/results.json").read_text())["entries"] == {}
+
+
 @no_gpu
 def test_device_run_refuses_before_setting_up(tmp_path):
     env = {**ENV, "DEVICE": str(tmp_path / "nothing"), "OUT": str(tmp_path / "out"), "PYTHON": sys.executable}
