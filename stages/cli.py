@@ -10,8 +10,9 @@ once had two: `__main__.UserError` and `stages.params.UserError`, and a 15-line 
   the temporaries and ends the process. Needed: Keras' pythonify_logs turns each log value into a float
   inside a bare `except: pass`, and under JAX the main thread spends most of an epoch waiting there for the
   device, so the exception a signal handler raises is swallowed (training went on, SIGTERM ignored).
-- A stage dies with the process that started it (Linux's parent-death signal): a killed `dvc repro` leaves
-  no stage behind to overwrite what the next `dvc repro` restores.
+- A stage dies with the process that started it (Linux's parent-death signal), and under DVC with DVC when a
+  shell stays between them (dash): a killed `dvc repro` leaves no stage behind to overwrite what the next
+  `dvc repro` restores.
 - A full disk (ENOSPC, a quota) is one line naming the file, exit status 1 (outputs are written under
   temporary names: nothing half-written is left).
 - TensorFlow's and XLA's C++ start-up lines are filtered out of stderr.
@@ -25,11 +26,13 @@ import shutil
 import signal
 import sys
 import threading
+from pathlib import Path
 
 GRACE = 3.0  # seconds a signalled stage has to unwind before the watcher ends it
 TEMPORARIES = set()  # live temporary outputs (stages.outputs), removed by the watcher if it ends the process
 _NOTE = [lambda: ""]  # what a Ctrl-C line adds after "interrupted"
 PR_SET_PDEATHSIG = 1
+SHELLS = {"sh", "dash", "bash", "zsh", "fish", "ksh", "mksh"}
 
 
 class UserError(Exception):
@@ -95,13 +98,31 @@ def _watch(wakeup):
                 _end_by(byte[0])
 
 
+def _parent_of(pid):
+    return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+
+
+def _watch_launcher(shell, launcher):
+    """SIGTERM to this process once the shell between it and DVC loses DVC (dash, DVC's /bin/sh when $SHELL is
+    unset, does not exec the command it runs, and outlives a killed DVC)."""
+    with contextlib.suppress(OSError, ValueError):
+        while _parent_of(shell) == launcher:
+            threading.Event().wait(1.0)
+    os.kill(os.getpid(), signal.SIGTERM)
+
+
 def _die_with_parent():
-    """SIGTERM to this process when the process that started it ends (Linux; a no-op elsewhere)."""
+    """SIGTERM to this process when the process that started it ends (Linux; a no-op elsewhere); under DVC
+    ($DVC_STAGE set) started through a shell that stayed, when DVC ends."""
     parent = os.getppid()
     with contextlib.suppress(OSError, AttributeError):
         ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
     if os.getppid() != parent:  # the parent ended before the call: no signal will come
         raise _Terminated
+    with contextlib.suppress(OSError, ValueError):
+        shell = Path(f"/proc/{parent}/comm").read_text().strip() in SHELLS
+        if shell and os.environ.get("DVC_STAGE"):
+            threading.Thread(target=_watch_launcher, args=(parent, _parent_of(parent)), daemon=True).start()
 
 
 def _arm():

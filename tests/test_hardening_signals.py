@@ -1,0 +1,170 @@
+"""Issue 15, second outside attack, the processes: a UserError that became a 15-line traceback (two UserError
+classes), SIGTERM ignored by a JAX train stage, Ctrl-C's traceback, stages that outlived a killed `dvc repro`,
+and DVC outputs that git would commit after an interrupted `dvc exp run`. Real stages, real DVC, real signals,
+in temporary git+DVC copies of the project."""
+import ast
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import psutil  # a dependency of DVC
+import pytest
+
+from tests.conftest import BACKEND_ENV, ENV, ROOT, make_project, set_params
+from tests.test_hardening_inputs import run_stage
+from tests.test_prepare import TF_LOG, prepare
+
+KEY = "cifar10-relu-False-0"
+OUTPUTS = ["data/raw", "data/prepared", "data/source", "models", "dvclive", "results", "reports", "plots"]
+
+
+def temporaries(repo):
+    return sorted(str(p.relative_to(repo)) for p in Path(repo).rglob("*.tmp"))
+
+
+# --- 10. one UserError class, one line from every stage -------------------------------------------------------------
+
+def test_stage_runner_imports_nothing_from_stages_and_is_the_only_home_of_user_error():
+    tree = ast.parse((ROOT / "stages/cli.py").read_text())
+    imported = [a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names] + \
+        [n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)]
+    assert not [m for m in imported if m and m.split(".")[0] == "stages"], imported
+    assert not [n for n in ast.walk(tree) if isinstance(n, ast.Compare) and "__main__" in ast.unparse(n)]
+    for path in (ROOT / "stages").glob("*.py"):
+        classes = [n.name for n in ast.walk(ast.parse(path.read_text())) if isinstance(n, ast.ClassDef)]
+        assert path.name == "cli.py" or "UserError" not in classes, path
+
+
+@pytest.mark.parametrize("module", ["params", "train", "evaluate", "report"])
+def test_backend_mismatch_is_one_line_from_every_stage_that_reads_it(project, module):
+    """Was: 15 lines of traceback ending in the message (`python -m stages.params`: `__main__.UserError` caught,
+    `stages.params.UserError` raised by stages/backend.py)."""
+    set_params(project, train={"backend": "jax"})
+    status, err, seconds = run_stage(project, module, *([KEY] if module in ("train", "evaluate") else []),
+                                     env={**ENV, "KERAS_BACKEND": "tensorflow"})
+    if module == "report":  # imports Keras (stages.model) before cli() filters TensorFlow's start-up lines
+        err = [line for line in err if not TF_LOG.match(line)]
+    assert err == ["error: params.yaml: train.backend = 'jax' but the environment has KERAS_BACKEND=tensorflow; "
+                   "unset KERAS_BACKEND, or set the param: dvc exp run -S train.backend=tensorflow"], err
+    assert status == 2 and seconds < 30
+
+
+@pytest.mark.parametrize("module", ["source", "prepare"])
+def test_data_stages_print_their_user_error_as_one_line(project, tmp_path, module):
+    set_params(project, data={"cifar10": {"url": str(tmp_path / "nowhere.tar.gz")}})
+    status, err, _ = run_stage(project, module, "cifar10")
+    assert status == 2 and len(err) == 1 and err[0].startswith("error: data.cifar10.url: ") and \
+        "neither a URL nor an existing file" in err[0], err
+
+
+# --- 9. SIGTERM and Ctrl-C end a training stage, on both backends ------------------------------------------------
+
+@pytest.fixture(scope="module", params=["tensorflow", "jax"])
+def trainable(request, tmp_path_factory, cifar10_archive):
+    """(a project with prepared data and a long run of tiny epochs, the backend's environment)."""
+    backend = request.param
+    repo = make_project(tmp_path_factory.mktemp(backend) / "repo", cifar10_archive,
+                        {"train": {"epochs": 300, "backend": backend}})
+    assert prepare(repo)[0] == 0
+    return repo, BACKEND_ENV[backend]
+
+
+def start_training(repo, env, until):
+    """The train stage started directly, once its stdout holds `until`: (process, stdout file)."""
+    for d in ("checkpoints", "models", "dvclive"):  # an earlier test's run: start from epoch 1
+        shutil.rmtree(repo / d, ignore_errors=True)
+    out = repo.parent / f"train-{time.monotonic_ns()}.log"
+    with open(out, "w") as f:
+        p = subprocess.Popen([sys.executable, "-m", "stages.train", KEY], cwd=repo, env=env, stdout=f,
+                             stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 300
+    while until not in out.read_text():
+        assert p.poll() is None and time.monotonic() < deadline, (p.returncode, out.read_text()[-2000:])
+        time.sleep(0.02)
+    return p, out
+
+
+@pytest.mark.parametrize("moment, sig", [("training models/", signal.SIGTERM), ("epoch 2/", signal.SIGTERM),
+                                         ("epoch 2/", signal.SIGINT)])
+def test_a_signal_ends_the_train_stage_on_both_backends(trainable, moment, sig):
+    """SIGTERM while the step is compiled (right after the `training ...` line) and within an epoch; Ctrl-C in an
+    epoch. Was on JAX: training went on with SIGTERM in SigIgn (Keras' pythonify_logs swallowed the exception);
+    Ctrl-C: a traceback."""
+    repo, env = trainable
+    p, out = start_training(repo, env, moment)
+    t0 = time.monotonic()
+    p.send_signal(sig)
+    _, stderr = p.communicate(timeout=60)
+    assert p.returncode == -sig, (p.returncode, stderr[-3000:])
+    assert time.monotonic() - t0 < 15  # the watcher's 3 s grace, then the unwinding
+    assert "Traceback" not in stderr and temporaries(repo) == [], stderr[-3000:]
+    assert not Path(repo, f"models/grid/{KEY}.keras").exists()
+    if sig == signal.SIGINT:
+        lines = [line for line in stderr.splitlines() if line.strip()]
+        assert len(lines) == 1 and (m := re.fullmatch(r"interrupted after epoch (\d+) of 300; `dvc repro` resumes "
+                                                      r"from the checkpoint", lines[0])), stderr[-3000:]
+        assert Path(repo, f"checkpoints/grid/{KEY}/epoch-{int(m[1]):04d}/history.json").is_file()
+
+
+# --- 4. stages die with the dvc that started them ----------------------------------------------------------------
+
+@pytest.mark.parametrize("shell", ["/bin/bash", "/bin/sh"])
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL])
+def test_killing_dvc_repro_ends_its_stage(project, sig, shell):
+    """Was: `kill -TERM` of `dvc repro` left `python -m stages.train` running (parent 1); the next `dvc repro`
+    restored the outputs from the cache, then the orphan overwrote them. DVC runs a stage through $SHELL: bash
+    execs it, dash (/bin/sh) stays between them."""
+    set_params(project, train={"epochs": 300})
+    log = project.parent / "repro.log"
+    with open(log, "w") as f:
+        dvc = subprocess.Popen([sys.executable, "-m", "dvc", "repro", f"train@{KEY}"], cwd=project,
+                               env={**ENV, "SHELL": shell}, stdout=f, stderr=subprocess.STDOUT,
+                               start_new_session=True)
+    try:
+        deadline = time.monotonic() + 300
+        while "epoch 1/300" not in log.read_text():
+            assert dvc.poll() is None and time.monotonic() < deadline, log.read_text()[-3000:]
+            time.sleep(0.05)
+        stages = [c for c in psutil.Process(dvc.pid).children(recursive=True) if "stages.train" in c.cmdline()]
+        assert len(stages) == 1
+        os.kill(dvc.pid, sig)  # dvc alone, not its process group
+        dvc.wait(timeout=30)
+        gone, alive = psutil.wait_procs(stages, timeout=20)
+        assert alive == [], f"{alive} outlived dvc"
+    finally:
+        os.killpg(dvc.pid, signal.SIGKILL) if dvc.poll() is None else None
+    assert not Path(project, f"models/grid/{KEY}.keras").exists() and temporaries(project) == []
+
+
+# --- 11. no DVC output becomes a git-tracked file after an interrupted `dvc exp run` -----------------------------
+
+def test_ctrl_c_of_dvc_exp_run_leaves_no_output_for_git_to_add(project):
+    """Was: Ctrl-C during training deleted data/raw/.gitignore, data/prepared/.gitignore and
+    data/source/.gitignore; `git add -A` then committed the archive and train.npz."""
+    set_params(project, train={"epochs": 300})
+    subprocess.run(["git", "commit", "-qam", "long run"], cwd=project, env=ENV, check=True)
+    log = project.parent / "exp.log"
+    with open(log, "w") as f:
+        exp = subprocess.Popen([sys.executable, "-m", "dvc", "exp", "run"], cwd=project, env=ENV, stdout=f,
+                               stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 300
+        while "epoch 1/300" not in log.read_text():
+            assert exp.poll() is None and time.monotonic() < deadline, log.read_text()[-3000:]
+            time.sleep(0.05)
+        os.killpg(exp.pid, signal.SIGINT)  # what Ctrl-C in a terminal sends: the whole foreground group
+        exp.wait(timeout=60)
+    finally:
+        os.killpg(exp.pid, signal.SIGKILL) if exp.poll() is None else None
+    assert exp.returncode != 0
+    assert re.search(r"interrupted after epoch \d+ of 300; `dvc repro` resumes from the checkpoint", log.read_text())
+    assert Path(project, "data/prepared/cifar10/train.npz").is_file()  # prepare ran before the interruption
+    added = subprocess.run(["git", "add", "-A", "--dry-run"], cwd=project, env=ENV, capture_output=True, text=True,
+                           check=True).stdout
+    paths = [line.split("'")[1] for line in added.splitlines()]
+    assert not [p for p in paths if any(p == o or p.startswith(o + "/") for o in OUTPUTS)], paths
