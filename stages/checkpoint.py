@@ -6,6 +6,7 @@ backend, the prepared data's sha256 and the sha256 of every source file the trai
 changed since the kill: start over, as dvc.lock records the new code). A checkpoint whose weights' checksum,
 epoch count or optimizer step count disagrees with its history is damaged: never loaded.
 """
+import errno
 import hashlib
 import json
 import shutil
@@ -79,9 +80,20 @@ def weights(ckpt_dir, epoch):
     return ckpt_dir / f"epoch-{epoch:04d}" / "model.weights.h5"
 
 
+def _room_for(ckpt_dir, model):
+    """Refuses (ENOSPC, one line through stages.cli) a checkpoint the disk cannot hold: h5py, out of space in
+    the middle of a file, raised from its destructors and then crashed the interpreter (a segmentation fault)."""
+    need = 2 * sum(int(np.prod(v.shape)) * np.dtype(v.dtype).itemsize
+                   for v in [*model.variables, *model.optimizer.variables]) + (1 << 20)
+    free = shutil.disk_usage(ckpt_dir).free
+    if free < need:
+        raise OSError(errno.ENOSPC, f"{free} bytes free, a checkpoint needs about {need}", str(ckpt_dir))
+
+
 def save(ckpt_dir, model, history):
     """Checkpoint of the epoch just finished (len(history)); older ones beyond KEEP are removed."""
     import keras
+    _room_for(ckpt_dir, model)
     epoch = len(history)
     with atomic_path(ckpt_dir / f"epoch-{epoch:04d}", directory=True) as d:
         model.save_weights(d / "model.weights.h5")

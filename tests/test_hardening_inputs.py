@@ -251,18 +251,34 @@ def test_damaged_training_summary_is_one_line_at_evaluate(project, content):
     assert not Path(project, "metrics").exists() and not Path(project, "results").exists()
 
 
-def test_full_disk_in_prepare_is_one_line(project):
-    """Was: two chained tracebacks ending in ENOSPC. A 1 MB tmpfs on data/ (a user and mount namespace)."""
+def on_a_full_disk(project, folder, size, *stage):
+    """The stage's stderr lines and exit status, run with a tmpfs of `size` on project/folder (a user and mount
+    namespace, so no privilege is needed)."""
     if subprocess.run(["unshare", "-rm", "true"], capture_output=True).returncode != 0:
         pytest.skip("no unprivileged mount namespace here to fill a disk in")
-    Path(project, "data").mkdir()
-    script = "mount -t tmpfs -o size=1m tmpfs data && exec \"$0\" -m stages.prepare cifar10"
+    Path(project, folder).mkdir(exist_ok=True)
+    script = f"mount -t tmpfs -o size={size} tmpfs {folder} && exec \"$0\" -m stages.{' '.join(stage)}"
     p = subprocess.run(["unshare", "-rm", "sh", "-c", script, sys.executable], cwd=project, env=ENV, text=True,
-                       capture_output=True, timeout=120)
-    err = [line for line in p.stderr.splitlines() if line.strip()]
-    assert p.returncode == 1 and len(err) == 1, p.stderr
+                       capture_output=True, timeout=300)
+    return p.returncode, [line for line in p.stderr.splitlines() if line.strip()]
+
+
+def test_full_disk_in_prepare_is_one_line(project):
+    """Was: two chained tracebacks ending in ENOSPC. A 1 MB disk for data/."""
+    status, err = on_a_full_disk(project, "data", "1m", "prepare", "cifar10")
+    assert status == 1 and len(err) == 1, err
     assert err[0].startswith(f"error: {project}") and "no space left on its disk" in err[0], err
     assert "free some space there" in err[0]
+
+
+def test_full_disk_in_train_is_one_line(project):
+    """Was: `Disable slist on flush dest failure failed` and five `sys.meta_path is None` lines; here h5py's
+    destructors raised and the interpreter crashed (segmentation fault). A 300 KB disk for the checkpoints."""
+    assert prepare(project)[0] == 0
+    status, err = on_a_full_disk(project, "checkpoints", "300k", "train", "cifar10-relu-False-0")
+    assert status == 1 and len(err) == 1, err
+    assert err[0].startswith(f"error: checkpoints/grid/cifar10-relu-False-0: no space left on its disk (")
+    assert not Path(project, "models/grid").exists()
 
 
 # --- 8. archive member names, class names, and what a refused archive leaves -------------------------------------
