@@ -23,6 +23,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 REPORT, FIGURES, CURVES = Path("reports/report.md"), Path("plots/grid"), Path("plots/curves")
+RANKING = Path("metrics/rank")  # <dataset>/<rank>-<variant>.json: `dvc metrics show metrics/rank`, a row each
 ALPHA = 0.05  # neighbours whose test gives p < ALPHA are called distinguishable
 LEVEL = 0.95  # confidence level of the error bars
 HUES = ("relu", "lrelu", "prelu", "elu")  # activations with a fixed colour (colour()), in tab20's order of hues
@@ -354,6 +355,17 @@ def neighbour_lines(s, tests, neighbours):
     return lines
 
 
+def write_ranking(folder, ds, s):
+    """One small flat file per variant, so that `dvc metrics show metrics/rank` prints the ranking as a table a
+    terminal holds: a row per variant in rank order (its path names dataset, rank and variant), five columns."""
+    (folder / ds).mkdir()
+    digits = len(str(len(s)))  # 01-... from 10 variants on: the rows sort in rank order
+    for v, r in s.iterrows():
+        write_json(folder / ds / f"{r['rank']:0{digits}d}-{v}.json", {
+            "error": r.test_error_mean, "error_lower": r.test_error_ci_low, "error_upper": r.test_error_ci_high,
+            "rank": r["rank"], "seeds": r.n})  # test error and its LEVEL interval; DVC sorts the columns by name
+
+
 def markdown(ds, s, tests, neighbours, bn_cost, c, config, agree):
     last = c.sort_values("epoch").groupby("variant").tail(1).groupby("variant").act_mean.mean()
     lines = [f"## {ds}", "", f"Configuration: {config}.", "",
@@ -383,7 +395,8 @@ def main():
     grid = params["grid"]
     df, curves, correct = collect(grid)
     summary, md = {}, ["# ALL-CNN-C: activation × batch normalisation", ""]
-    with atomic_path(FIGURES, directory=True) as fig, atomic_path(CURVES, directory=True) as cur:
+    with atomic_path(FIGURES, directory=True) as fig, atomic_path(CURVES, directory=True) as cur, \
+            atomic_path(RANKING, directory=True) as rank:
         for ds in grid["dataset"]:
             d, c = df[df.dataset == ds], curves[curves.dataset == ds]
             s, ranking, tests, neighbours, bn_cost = summarise(d, correct)
@@ -399,6 +412,7 @@ def main():
             save(plot_error_and_speed(s, config), fig / f"{ds}_test_error.png")
             save(plot_bias_shift(c, config), fig / f"{ds}_bias_shift.png")
             md += markdown(ds, s, tests, neighbours, bn_cost, c, config, agree)
+            write_ranking(rank, ds, s)
             tau = agree.get("ranking", {}).get("kendall_tau")
             print(f"report: {ds}: " + " > ".join(ranking) + ("" if tau is None else
                   f" (Kendall's tau against the write-up's order: {tau:+.2f})"))

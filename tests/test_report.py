@@ -72,6 +72,21 @@ def test_neighbours_that_the_test_images_can_tell_apart(study):
     assert data["neighbours"]["elu+bn vs elu"]["distinguishable"] is True
 
 
+def test_dvc_metrics_show_prints_the_ranking_as_a_table_a_terminal_holds(study):
+    """Was: `dvc metrics show metrics/summary.json`, one row 6,411 characters wide with 245 columns."""
+    out = dvc("metrics", "show", "metrics/rank", cwd=study).stdout  # after a warning: no metrics/experiment.json here
+    lines = [line for line in out[out.index("Path"):].splitlines() if line.strip()]
+    assert lines[0].split() == ["Path", "error", "error_lower", "error_upper", "rank", "seeds"]
+    variants = json.loads((study / "metrics/summary.json").read_text())["cifar10"]["variants"]
+    ranked = sorted(variants, key=lambda v: variants[v]["rank"])
+    rows = [line.split() for line in lines[1:]]
+    assert [row[0] for row in rows] == [f"metrics/rank/cifar10/{i}-{v}.json" for i, v in enumerate(ranked, 1)]
+    for row, v in zip(rows, ranked):
+        expected = [variants[v][k] for k in ("test_error_mean", "test_error_ci_low", "test_error_ci_high", "rank", "n")]
+        assert [float(x) for x in row[1:]] == pytest.approx(expected, abs=1e-4)  # DVC shows 5 significant digits
+    assert max(map(len, lines)) <= 100
+
+
 def test_one_seed_gets_a_binomial_interval(study):
     from scipy.stats import binomtest
     v = json.loads((study / "metrics/summary.json").read_text())["cifar10"]["variants"]["relu+bn"]
