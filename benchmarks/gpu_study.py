@@ -551,6 +551,7 @@ def make_plan(study, params, todo):
         epochs, chosen = max(epochs, 1), todo[:waves * n]
     estimate = entry_seconds(m, t, test_images, epochs, n, len(chosen)) if chosen else 0
     s.update(epochs=epochs, epochs_how=how)
+    s["epochs_note"] = study.epochs_note()
     plan = {"epochs": epochs, "processes": n, "entries": chosen, "left_out": [v for v in todo if v not in chosen],
             "estimate_seconds": round(estimate), "seconds_left": round(left), "safety": SAFETY}
     study.state["plan"] = plan

@@ -93,6 +93,7 @@ def test_rehearsal_fits_the_budget_and_states_the_epochs(rehearsal):
     assert 1 <= e <= 10 and state["plan"]["entries"] == ["relu+bn", "elu"], output[-3000:]
     for f in ("study.md", "log.txt"):
         assert note in (out / f).read_text()
+    assert state["study"]["epochs_note"] == note
     assert note in output and not re.search(r"Warning|WARNING|oneDNN|absl", output)  # workers' noise stays out
     for v, r in state["entries"].items():
         assert (r["epochs"], r["epochs_note"], r["backend"], r["device"]) == (e, note, "jax", "cpu")
