@@ -37,7 +37,8 @@ MARGIN=15  # seconds kept after the study's budget: its own close, tee, the tran
 DEVICE=${DEVICE:-.device}
 PYTHON=${PYTHON:-python3}
 OUT=${OUT:-$(mktemp -d)}
-scratch=$(mktemp -d)
+scratch=$(mktemp -d)  # the installed wheels and the built archive (185 MB), removed at the end
+trap 'rm -rf "$scratch"' EXIT
 mkdir -p "$OUT"
 exec > >(tee -a "$OUT/device_run.log") 2>&1
 echo "device_run: $(date -u '+%F %T UTC'), LIMIT ${LIMIT} s, results into $OUT"
