@@ -7,7 +7,6 @@ changed since the kill: start over, as dvc.lock records the new code). A checkpo
 epoch count or optimizer step count disagrees with its history is damaged: never loaded.
 """
 import errno
-import hashlib
 import json
 import shutil
 from pathlib import Path
@@ -15,13 +14,13 @@ from pathlib import Path
 import numpy as np
 import yaml
 
-from stages.outputs import atomic_path, write_json
+from stages.outputs import atomic_path, digest, write_json
 
 KEEP = 2  # newest checkpoints kept: one may be damaged later (disk full, a kill mid-write)
 
 
 def sha256(path):
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+    return digest(path, "sha256")
 
 
 def code_digest(stage):

@@ -17,9 +17,8 @@ from pathlib import Path
 import numpy as np
 
 from stages.cli import UserError
-from stages.params import load
+from stages.params import load, num_classes
 
-ACT_PREFIX = "act"  # activation layers are act1..act9: model names them, train probes them, report plots them
 SPLIT_SEED = 0  # the train/validation split and the subset are the same for every variant and seed
 PREPARED = Path("data/prepared")
 
@@ -100,7 +99,7 @@ def read_classes(dataset, params):
         classes = json.loads(path.read_text())
     except (ValueError, UnicodeDecodeError) as e:
         raise UserError(f"{path}: not JSON ({type(e).__name__}); {_rebuild(dataset)}")
-    expected = 10 if dataset == "cifar10" else {"fine": 100, "coarse": 20}[params["data"][dataset]["labels"]]
+    expected = num_classes(params, dataset)
     if not (isinstance(classes, list) and all(isinstance(c, str) and c and c.isprintable() for c in classes)
             and len(set(classes)) == len(classes) and len(classes) == expected):
         raise UserError(f"{path}: must be a list of {expected} distinct class names, "

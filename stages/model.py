@@ -5,7 +5,7 @@ import keras
 import numpy as np
 from keras import layers
 
-from stages.entry import ACT_PREFIX
+ACT_PREFIX = "act"  # activation layers are act1..act9: the net names them, train probes them, report plots them
 
 # Activations that need arguments; any other name Keras knows (selu, gelu, swish, ...) works as it is.
 # Adding an activation to the study is one line here, or none.

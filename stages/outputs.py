@@ -3,6 +3,7 @@ so a killed stage never leaves a half-written file that looks finished. The temp
 is removed on failure, Ctrl-C and SIGTERM (stages.cli); one left by SIGKILL is removed by the next
 writer of the same output, once its pid is gone."""
 import contextlib
+import hashlib
 import json
 import math
 import os
@@ -12,6 +13,12 @@ import tempfile
 from pathlib import Path
 
 from stages.cli import TEMPORARIES
+
+
+def digest(path, algorithm):
+    """The hex digest of a file's content, read in chunks (bounded memory for a 170 MB archive)."""
+    with open(path, "rb") as f:
+        return hashlib.file_digest(f, algorithm).hexdigest()
 
 
 def _alive(pid):

@@ -9,6 +9,7 @@ import os
 import re
 import reprlib
 import urllib.parse
+import urllib.request
 from pathlib import Path
 
 from ruamel.yaml import YAML, YAMLError
@@ -206,7 +207,8 @@ def validate(params):
 
 
 def num_classes(params, dataset):
-    return 10 if dataset == "cifar10" else {"fine": 100, "coarse": 20}[params["data"][dataset]["labels"]]
+    from stages.cifar import NUM_CLASSES  # lazily: the check needs it only for a split's arithmetic
+    return NUM_CLASSES[dataset, params["data"][dataset].get("labels", "fine")]
 
 
 def _split_error(params, dataset):
@@ -263,6 +265,34 @@ def load(path=PARAMS):
     if errors:
         raise UserError(f"{path}: " + f"\nerror: {path}: ".join(errors))
     return params
+
+
+def local_file(url, key):
+    """The local file that url names (a plain path or a file:// URL); None for http(s)."""
+    parsed = urllib.parse.urlparse(url)
+    if parsed.scheme in ("http", "https"):
+        return None
+    if parsed.scheme == "file":
+        path = Path(urllib.request.url2pathname(parsed.path))
+        if not path.is_file():
+            raise UserError(f"{key}.url: {url!r}: no such file")
+        return path
+    path = Path(url).expanduser().resolve()
+    if not path.is_file():
+        raise UserError(f"{key}.url: {url!r} is neither a URL nor an existing file; give an http(s):// "
+                        f"or file:// URL or the path of a local archive")
+    return path
+
+
+def data_params(dataset):
+    """data.<dataset> of params.yaml, checked. Only that section, all that prepare and source@ use: the full
+    check (the check stage's, which runs first) imports Keras for the activation names, ~4 s, and source@ runs
+    on every `dvc repro`."""
+    errors, params = [], parse()
+    _validate(SCHEMA["data"], params.get("data") if isinstance(params, dict) else None, "data.", errors)
+    if errors:
+        raise UserError(f"{PARAMS}: " + f"\nerror: {PARAMS}: ".join(errors))
+    return params["data"][dataset]
 
 
 def main():

@@ -6,7 +6,6 @@ data/prepared/<dataset>/classes.json, the class names in label order.
 """
 import argparse
 import contextlib
-import hashlib
 import json
 import os
 import shutil
@@ -19,28 +18,12 @@ from pathlib import Path
 import numpy as np
 
 from stages import cifar
-from stages.outputs import atomic_path, discard, remove_stale, temporary
+from stages.entry import PREPARED
+from stages.outputs import atomic_path, digest, discard, remove_stale, temporary
 from stages.cli import UserError, cli
-from stages.params import PARAMS, SCHEMA, _validate, dataset_argument, parse, redact, shown
+from stages.params import data_params, dataset_argument, local_file, redact, shown
 
-RAW, PREPARED = Path("data/raw"), Path("data/prepared")
-
-
-def _local_file(url, key):
-    """The local file that url names (a plain path or a file:// URL); None for http(s)."""
-    parsed = urllib.parse.urlparse(url)
-    if parsed.scheme in ("http", "https"):
-        return None
-    if parsed.scheme == "file":
-        path = Path(urllib.request.url2pathname(parsed.path))
-        if not path.is_file():
-            raise UserError(f"{key}.url: {url!r}: no such file")
-        return path
-    path = Path(url).expanduser().resolve()
-    if not path.is_file():
-        raise UserError(f"{key}.url: {url!r} is neither a URL nor an existing file; give an http(s):// "
-                        f"or file:// URL or the path of a local archive")
-    return path
+RAW = Path("data/raw")
 
 
 # a download must not hang: no byte for STALL seconds (before or after the headers), or less than STALL_BYTES
@@ -88,14 +71,9 @@ def _download(url, path, key):
     return path
 
 
-def file_md5(path):
-    with open(path, "rb") as f:
-        return hashlib.file_digest(f, "md5").hexdigest()
-
-
 def _verify(path, md5, url, local, key):
     """Refuses an archive whose md5 is not md5, printing both and the fix that fits where it came from."""
-    actual = file_md5(path)
+    actual = digest(path, "md5")
     if md5 is not None and actual != md5:
         fix = (f"check that {key}.url names the right file, or set {key}.md5 to {actual} if it is" if local else
                f"download it again (a cut download), or set {key}.md5 to {actual} if this archive is right")
@@ -108,7 +86,7 @@ def fetch(url, md5, dest_dir, key):
     """Yields the archive at url, md5-checked, in a temporary folder beside dest_dir; moved into dest_dir when
     the block ends without an error (a refused archive leaves nothing in dest_dir). http(s), file:// and plain
     local paths are accepted."""
-    local = _local_file(url, key)
+    local = local_file(url, key)
     name = local.name if local else urllib.parse.unquote(urllib.parse.urlparse(url).path).rsplit("/", 1)[-1]
     if name in ("", ".", ".."):  # params' check refuses these too; the archive is saved under this name
         raise UserError(f"{key}.url: {shown(url)} does not end in the archive's file name; give the archive's own URL")
@@ -125,17 +103,6 @@ def fetch(url, md5, dest_dir, key):
             shutil.move(path, out / name)
     finally:
         discard(folder)
-
-
-def data_params(dataset):
-    """data.<dataset> of params.yaml, checked. Only that section, all that prepare and source@ use: the full
-    check (the check stage's, which runs first) imports Keras for the activation names, ~4 s, and source@ runs
-    on every `dvc repro`."""
-    errors, params = [], parse()
-    _validate(SCHEMA["data"], params.get("data") if isinstance(params, dict) else None, "data.", errors)
-    if errors:
-        raise UserError(f"{PARAMS}: " + f"\nerror: {PARAMS}: ".join(errors))
-    return params["data"][dataset]
 
 
 def main():

@@ -8,7 +8,7 @@ import numpy as np
 from dvclive.utils import standardize_metric_name
 
 from stages import checkpoint, recipes
-from stages.entry import ACT_PREFIX
+from stages.model import ACT_PREFIX
 
 SHOWN = ("loss", "accuracy", "val_loss", "val_accuracy", "learning_rate", "seconds")
 TIMED_STEPS = (3, 13)  # the expected time comes from steps 3..13 of the first epoch run (after compilation)

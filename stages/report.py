@@ -4,9 +4,15 @@ Reads only the entries in the current params.yaml grid (old files of removed ent
 Outputs: metrics/summary.json; reports/report.md, a table a person reads; plots/grid/<dataset>_*.png, the
 figures (image plots: `dvc plots diff` shows two revisions side by side); plots/curves/<dataset>.tsv, the curves
 of every variant in one file for `dvc plots`. Every figure and the report state the configuration behind them.
+
+    python -m stages.report                              # what `dvc repro report` runs, in the project's root
+    python -m stages.report docs/results/cifar10-cpu     # again from a published run's files (same layout)
 """
+import argparse
 import itertools
 import json
+import os
+import re
 from pathlib import Path
 
 import matplotlib
@@ -14,6 +20,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
+from stages.cli import UserError
 from stages.outputs import atomic_path, write_json
 from stages.params import cli, count, load
 from stages.entry import paths
@@ -52,6 +59,13 @@ def read_curves(live_dir):
     return df
 
 
+def layer_means(c):
+    """The curves' per-layer mean activation columns (act1_mean .. act9_mean), in layer order."""
+    from stages.model import ACT_PREFIX  # after cli() set up the stage (model imports Keras)
+    found = (k for k in c if re.fullmatch(rf"{ACT_PREFIX}\d+_mean", k))
+    return sorted(found, key=lambda k: int(k[len(ACT_PREFIX):-len("_mean")]))
+
+
 def collect(grid):
     """One row per trained model of the current grid, one curves frame, and which test images each model got
     right ({(dataset, variant, seed): bool array}, in test-set order) where its results file lists them."""
@@ -68,8 +82,7 @@ def collect(grid):
         if "predictions" in r and "labels" in r:
             correct[ds, v, seed] = np.asarray(r["predictions"]) == np.asarray(r["labels"])
         c = read_curves(p["live"])
-        acts = [k for k in c if k.startswith("act") and k.endswith("_mean")]
-        c["act_mean"] = c[acts[:-1]].mean(axis=1)  # hidden layers only: the class layer's output is a score
+        c["act_mean"] = c[layer_means(c)[:-1]].mean(axis=1)  # hidden layers only: the class layer's is a score
         curves.append(c.assign(dataset=ds, variant=v, activation=act, batch_norm=bn, seed=seed,
                                colour=colour(act, bn, grid["activation"])))  # for the interactive charts
     return pd.DataFrame(rows), pd.concat(curves, ignore_index=True), correct
@@ -315,8 +328,7 @@ def plot_bias_shift(c, config):
     """Clevert et al.: ELU keeps mean activations near zero. Measured, not assumed."""
     fig, (a1, a2) = figure(config, 1, 2, figsize=(12, 4.8))
     mean = c.groupby(["activation", "batch_norm", "epoch"]).mean(numeric_only=True).reset_index()
-    layers = sorted((k for k in c if k.startswith("act") and k.endswith("_mean") and k != "act_mean"),
-                    key=lambda k: int(k[3:-5]))
+    layers = layer_means(c)
     for (act, bn), v in mean.groupby(["activation", "batch_norm"]):
         look = style(act, bn, c.activation.unique())
         a1.plot(v.epoch, v.act_mean, marker="o", ms=3, **look)
@@ -391,6 +403,15 @@ def markdown(ds, s, tests, neighbours, bn_cost, c, config, agree):
 
 
 def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("project", nargs="?", default=".", help="the folder whose params.yaml, metrics/grid, "
+                    "results/grid, models/grid/*.json and dvclive/grid the report reads and under which it writes "
+                    "(default: here)")
+    project = ap.parse_args().project
+    if not Path(project, "params.yaml").is_file():
+        raise UserError(f"{project}: no params.yaml there; give the project's root or a published run's folder "
+                        f"(e.g. docs/results/cifar10-cpu)")
+    os.chdir(project)
     params = load()
     grid = params["grid"]
     df, curves, correct = collect(grid)

@@ -11,17 +11,16 @@ import argparse
 import json
 from pathlib import Path
 
-from stages.outputs import atomic_path
 from stages.cli import cli
-from stages.params import dataset_argument
-from stages.prepare import _local_file, data_params, file_md5
+from stages.params import data_params, dataset_argument, local_file
+from stages.outputs import atomic_path, digest
 
 SOURCE = Path("data/source")
 
 
 def stamp(url, md5, key):
-    local = _local_file(url, key)
-    return {"url": url, "md5": file_md5(local) if local else md5}
+    local = local_file(url, key)
+    return {"url": url, "md5": digest(local, "md5") if local else md5}
 
 
 def main():

@@ -13,7 +13,7 @@ import time
 import numpy as np
 
 from stages import backend, checkpoint
-from stages.entry import balanced_split, from_command_line, grid_entries, load_split, read_classes
+from stages.entry import PREPARED, balanced_split, from_command_line, grid_entries, load_split, read_classes
 from stages.outputs import atomic_path, write_json
 from stages.cli import UserError, cli, on_interrupt
 from stages.params import count
@@ -54,7 +54,7 @@ def fingerprint(entry, params, precision, stage):
     t = {k: v for k, v in params["train"].items() if k != "seed"}
     return {"model": params["model"], "train": t, "seed": entry.seed, "dataset": entry.dataset,
             "activation": entry.activation, "batch_norm": entry.batch_norm, "precision": precision,
-            "data_sha256": checkpoint.sha256(f"data/prepared/{entry.dataset}/train.npz"),
+            "data_sha256": checkpoint.sha256(PREPARED / entry.dataset / "train.npz"),
             "code_sha256": checkpoint.code_digest(stage)}
 
 
@@ -81,13 +81,13 @@ def queued(entry, params):
     return sum(not e.paths["model"].exists() for e in grid_entries(params) if e != entry)
 
 
-def fit(model, recorder, data, t, start, seed):
+def fit(model, recorder, data, t, start, seed, val_batch):
     """Trains epochs start+1..t["epochs"]; data = (x_train, y_train, x_val, y_val)."""
     from stages.pipeline import batches
     x_tr, y_tr, x_va, y_va = data
     model.fit(batches(x_tr, y_tr, t["batch_size"], seed, t["augment"], start), epochs=t["epochs"],
               initial_epoch=start, steps_per_epoch=len(y_tr) // t["batch_size"],
-              validation_data=(x_va.astype("float32"), y_va) if len(y_va) else None, validation_batch_size=500,
+              validation_data=(x_va.astype("float32"), y_va) if len(y_va) else None, validation_batch_size=val_batch,
               callbacks=[recorder], shuffle=False, verbose=0)  # recorder prints each epoch and stops at a non-finite loss
 
 
@@ -138,7 +138,8 @@ def main():
         print(f"training {out['model']}: {entry.label}, seed {entry.seed}, {len(tr)} train / {len(va)} validation "
               f"images, width {params['model']['width']:g}, {precision}, {params['train']['backend']} on {device}, "
               f"epochs {start + 1}..{t['epochs']}", flush=True)
-        fit(model, recorder, data, t, start, entry.seed)
+        # the validation pass in evaluate.batch_size batches: inference only, it does not shape the weights
+        fit(model, recorder, data, t, start, entry.seed, params["evaluate"]["batch_size"])
     live.end()
     if recorder.diverged_epoch:
         print(f"warning: loss diverged in epoch {recorder.diverged_epoch}; keeping the last finite weights")
