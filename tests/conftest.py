@@ -1,9 +1,12 @@
 """Shared fixtures: the tests' own archives and temporary git+DVC copies of this project."""
+import atexit
+import functools
 import hashlib
 import os
 import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -64,13 +67,22 @@ def set_params(repo, **over):
     p.write_text(yaml.safe_dump(merge(yaml.safe_load(p.read_text()), over), sort_keys=False))
 
 
+@functools.cache
+def _initialised():
+    """An empty repo after `git init` and `dvc init`, made once per test session: make_project copies it (each
+    `dvc init` is a Python start of DVC, seconds on a 2-core machine)."""
+    path = Path(tempfile.mkdtemp(prefix="git-dvc-template-"))
+    atexit.register(shutil.rmtree, path, ignore_errors=True)
+    git("init", "-q", cwd=path)
+    dvc("init", "-q", cwd=path)
+    return path
+
+
 def make_project(dest, archive, params=None):
     """A git+DVC repo at dest holding this project, with params.yaml pointed at archive; first commit made
     (dvclive's Live() needs one)."""
     dest = Path(dest)
-    dest.mkdir(parents=True, exist_ok=True)
-    git("init", "-q", cwd=dest)
-    dvc("init", "-q", cwd=dest)  # first: `dvc init` would not keep the project's own .dvc/ files
+    shutil.copytree(_initialised(), dest, symlinks=True, dirs_exist_ok=True)  # first: the project's .dvc/ files win
     for f in PROJECT_FILES:
         src = ROOT / f
         (dest / f).parent.mkdir(parents=True, exist_ok=True)
