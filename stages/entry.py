@@ -27,6 +27,11 @@ def _rebuild(dataset):
     return f"rebuild it with `dvc repro -f prepare@{dataset}` or restore it with `dvc checkout`"
 
 
+def variant(activation, batch_norm):
+    """A variant's name in every table, figure and legend: relu, relu+bn, ..."""
+    return f"{activation}+bn" if batch_norm else activation
+
+
 @dataclass(frozen=True)
 class Entry:
     dataset: str
@@ -41,7 +46,7 @@ class Entry:
 
     @property
     def label(self):
-        return f"{self.activation}+bn" if self.batch_norm else self.activation
+        return variant(self.activation, self.batch_norm)
 
     @property
     def paths(self):
@@ -111,6 +116,8 @@ def read_json(path, keys, fix):
     """A JSON object that holds keys, from a stage's output; anything else is one line ending in fix."""
     try:
         obj = json.loads(Path(path).read_text())
+    except FileNotFoundError:
+        raise UserError(f"{path}: missing; {fix}") from None
     except (ValueError, UnicodeDecodeError) as e:
         raise UserError(f"{path}: not JSON ({type(e).__name__}); {fix}") from None
     missing = [k for k in keys if not isinstance(obj, dict) or k not in obj]

@@ -10,7 +10,6 @@ of every variant in one file for `dvc plots`. Every figure and the report state 
 """
 import argparse
 import itertools
-import json
 import os
 import re
 from pathlib import Path
@@ -20,10 +19,10 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from stages.cli import UserError
 from stages.outputs import atomic_path, write_json
-from stages.params import cli, count, load
-from stages.entry import paths
+from stages.cli import UserError, cli
+from stages.entry import grid_entries, read_json, variant
+from stages.params import count, load
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
@@ -43,17 +42,16 @@ WRITE_UP = {"cifar10": {"ranking": ["relu+bn", "elu", "prelu", "elu+bn", "relu"]
             "cifar100": {"test_error": {"relu+bn": 0.36}}}
 
 
-def label(activation, batch_norm):
-    return f"{activation}+bn" if batch_norm else activation
-
-
-def read_curves(live_dir):
+def read_curves(live_dir, fix):
     """dvclive's per-metric TSVs (plots/metrics/{train,eval}/<name>.tsv) as one frame, one row per epoch."""
     frames = []
     for f in sorted(Path(live_dir, "plots/metrics").rglob("*.tsv")):
         split, name = f.parent.name, f.stem
         col = f"val_{name}" if split == "eval" else name
         frames.append(pd.read_csv(f, sep="\t").set_index("step")[[name]].rename(columns={name: col}))
+    missing = [k for k in ("loss", "accuracy") if not any(col in (k, f"val_{k}") for fr in frames for col in fr)]
+    if missing:  # an interrupted or damaged training: every model must bring its curves
+        raise UserError(f"{live_dir}: no {missing[0]} curve (dvclive's plots/metrics/*/{missing[0]}.tsv); {fix}")
     df = pd.concat(frames, axis=1).reset_index().rename(columns={"step": "epoch"})
     df["epoch"] += 1  # dvclive counts steps from 0; epochs are counted from 1
     return df
@@ -70,10 +68,12 @@ def collect(grid):
     """One row per trained model of the current grid, one curves frame, and which test images each model got
     right ({(dataset, variant, seed): bool array}, in test-set order) where its results file lists them."""
     rows, curves, correct = [], [], {}
-    for ds, act, bn, seed in itertools.product(*(grid[k] for k in ("dataset", "activation", "batch_norm", "seed"))):
-        p, v = paths(ds, act, bn, seed), label(act, bn)
-        m, r = json.loads(p["metrics"].read_text()), json.loads(p["results"].read_text())
-        summary = json.loads(p["summary"].read_text())
+    for e in grid_entries({"grid": grid}):
+        p, v, ds, act, bn, seed = e.paths, e.label, e.dataset, e.activation, e.batch_norm, e.seed
+        evaluate, train = (f"rebuild it: dvc repro -f {stage}@{e.key}" for stage in ("evaluate", "train"))
+        m = read_json(p["metrics"], ["test_error", "test_loss", "seconds_per_epoch"], evaluate)
+        r = read_json(p["results"], ["confusion", "classes"], evaluate)
+        summary = read_json(p["summary"], ["train_images"], train)
         confusion = np.asarray(r["confusion"])
         rows.append({"dataset": ds, "variant": v, "activation": act, "batch_norm": bn, "seed": seed, **m,
                      "test_images": int(confusion.sum()), "test_errors": int(confusion.sum() - confusion.trace()),
@@ -81,7 +81,7 @@ def collect(grid):
                      "precision": summary.get("precision"), "backend": summary.get("backend")})
         if "predictions" in r and "labels" in r:
             correct[ds, v, seed] = np.asarray(r["predictions"]) == np.asarray(r["labels"])
-        c = read_curves(p["live"])
+        c = read_curves(p["live"], train)
         c["act_mean"] = c[layer_means(c)[:-1]].mean(axis=1)  # hidden layers only: the class layer's is a score
         curves.append(c.assign(dataset=ds, variant=v, activation=act, batch_norm=bn, seed=seed,
                                colour=colour(act, bn, grid["activation"])))  # for the interactive charts
@@ -257,7 +257,7 @@ def colour(activation, batch_norm, activations):
 def style(activation, batch_norm, activations):
     """Colour = variant (hue = activation), line style = BN, the same in every figure."""
     return {"color": colour(activation, batch_norm, activations), "ls": "-" if batch_norm else "--",
-            "label": label(activation, batch_norm)}
+            "label": variant(activation, batch_norm)}
 
 
 def legend_outside(ax):

@@ -75,7 +75,8 @@ def charts(page, epochs):
 
 def write_plot_data(repo, shift):
     """Curves of two variants (plots/curves), the experiment's dvclive TSVs and one report figure (plots/grid)."""
-    from stages.report import colour, label
+    from stages.entry import variant as label
+    from stages.report import colour
     epochs = np.arange(1, EPOCHS + 1)
     curves = pd.concat([pd.DataFrame({"epoch": epochs, "variant": label(a, bn), "seed": 0,
                                       "accuracy": 0.05 * epochs + k + shift, "val_accuracy": 0.05 * epochs + k,
@@ -202,7 +203,8 @@ def test_dvc_default_page_is_blank_offline(repo, tmp_path):
 def test_charts_have_integer_epoch_ticks_line_samples_and_the_figures_colours(repo, tmp_path):
     """Were: an epoch axis reading 1 2 2 3 3 on 3 epochs; dash legends whose samples had no stroke (transparent);
     variant colours of Vega's own scheme, not the PNG figures'."""
-    from stages.report import colour, label
+    from stages.entry import variant as label
+    from stages.report import colour
     dvc("plots", "diff", "HEAD", "-o", str(tmp_path / "diff"), cwd=repo)
     page = tmp_path / "diff/index.html"
     found = load_offline(page, tmp_path, charts(page, (1, 2, 3, 7, EPOCHS)))["found"]

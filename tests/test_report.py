@@ -20,7 +20,7 @@ GRID = {"dataset": ["cifar10"], "activation": ["relu", "elu"], "batch_norm": [Fa
 
 def write_entry(repo, act, bn, seed, right, predictions=True):
     """The files train and evaluate write for one grid entry, in their layout."""
-    from stages.report import paths  # wherever the project keeps it
+    from stages.entry import paths
     p = {k: repo / v for k, v in paths("cifar10", act, bn, seed).items()}
     labels = np.arange(TEST_IMAGES) % CLASSES
     pred = np.where(np.arange(TEST_IMAGES) < right, labels, (labels + 1) % CLASSES)
@@ -212,3 +212,34 @@ def test_several_seeds_are_tested_over_seeds_with_mcnemar_beside(tmp_path, monke
     assert last["mcnemar_same_way"] and not last["mcnemar_all_below_alpha"]
     lines = "\n".join(report.neighbour_lines(s, tests, neighbours))
     assert "McNemar p per seed (same test images)" in lines and "Wilcoxon cannot reach p < 0.05 below 6" in lines
+
+
+@pytest.mark.parametrize("damage, expected", [
+    ("summary={}", "models/grid/cifar10-relu-True-0.json: not what its stage writes (no 'train_images'); rebuild it: "
+                   "dvc repro -f train@cifar10-relu-True-0"),
+    ("summary=not json", "models/grid/cifar10-relu-True-0.json: not JSON (JSONDecodeError); rebuild it: dvc repro -f "
+                         "train@cifar10-relu-True-0"),
+    ("metrics=missing", "metrics/grid/cifar10-relu-True-0.json: missing; rebuild it: dvc repro -f "
+                        "evaluate@cifar10-relu-True-0"),
+    ("curves=missing", "dvclive/grid/cifar10-relu-True-0: no loss curve (dvclive's plots/metrics/*/loss.tsv); rebuild "
+                       "it: dvc repro -f train@cifar10-relu-True-0")])
+def test_a_damaged_or_missing_input_of_the_report_is_one_line_naming_the_file_and_the_stage(tmp_path, monkeypatch,
+                                                                                            damage, expected):
+    from stages import report
+    from stages.cli import UserError
+    from stages.entry import paths
+    for (act, bn), right in RIGHT.items():
+        write_entry(tmp_path, act, bn, 0, right)
+    p = {k: tmp_path / v for k, v in paths("cifar10", "relu", True, 0).items()}
+    what, how = damage.split("=")
+    if what == "curves":
+        for f in (p["live"] / "plots/metrics").rglob("*loss.tsv"):
+            f.unlink()
+    elif how == "missing":
+        p[what].unlink()
+    else:
+        p[what].write_text(how)
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(UserError) as e:
+        report.collect(GRID)
+    assert str(e.value) == expected
