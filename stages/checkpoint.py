@@ -75,6 +75,11 @@ def resume(ckpt_dir, fingerprint, build, steps_per_epoch):
     return model, 0, []
 
 
+def newest(ckpt_dir):
+    """The epoch of the newest checkpoint written whole (atomic_path renames a finished one into place); 0: none."""
+    return max((int(d.name.split("-")[1]) for d in Path(ckpt_dir).glob("epoch-[0-9]*") if d.is_dir()), default=0)
+
+
 def weights(ckpt_dir, epoch):
     return ckpt_dir / f"epoch-{epoch:04d}" / "model.weights.h5"
 

@@ -31,6 +31,7 @@ from pathlib import Path
 GRACE = 3.0  # seconds a signalled stage has to unwind before the watcher ends it
 TEMPORARIES = set()  # live temporary outputs (stages.outputs), removed by the watcher if it ends the process
 _NOTE = [lambda: ""]  # what a Ctrl-C line adds after "interrupted"
+_STDERR = [2]  # the file descriptor of the real stderr (_without_native_noise puts a filter on fd 2)
 PR_SET_PDEATHSIG = 1
 SHELLS = {"sh", "dash", "bash", "zsh", "fish", "ksh", "mksh"}
 
@@ -91,8 +92,8 @@ def _watch(wakeup):
         while byte := f.read(1):
             if byte[0] in (signal.SIGTERM, signal.SIGINT):
                 threading.Event().wait(GRACE)
-                if byte[0] == signal.SIGINT:
-                    print(_interrupted_line(), file=sys.stderr)
+                if byte[0] == signal.SIGINT:  # to the real stderr: the filter's thread ends with the process
+                    os.write(_STDERR[0], f"{_interrupted_line()}\n".encode())
                 for path in list(TEMPORARIES):
                     shutil.rmtree(path, ignore_errors=True)
                 _end_by(byte[0])
@@ -125,7 +126,17 @@ def _die_with_parent():
             threading.Thread(target=_watch_launcher, args=(parent, _parent_of(parent)), daemon=True).start()
 
 
+def _unraisable(hook):
+    """sys.unraisablehook that keeps quiet about a signal's exception raised where Python cannot propagate it
+    (a gc callback such as JAX's _xla_gc_callback, a __del__): the watcher ends the stage within GRACE."""
+    def quiet(unraisable):
+        if not isinstance(unraisable.exc_value, (_Terminated, KeyboardInterrupt)):
+            hook(unraisable)
+    return quiet
+
+
 def _arm():
+    sys.unraisablehook = _unraisable(sys.unraisablehook)
     signal.signal(signal.SIGTERM, _raise_in_main_thread)
     signal.signal(signal.SIGINT, _raise_in_main_thread)
     read, write = os.pipe()
@@ -171,6 +182,7 @@ def _without_native_noise():
     saved, (read, write) = os.dup(2), os.pipe()
     os.dup2(write, 2)
     os.close(write)
+    _STDERR[0] = saved
 
     def copy():
         with os.fdopen(read, "rb") as lines:
@@ -184,5 +196,6 @@ def _without_native_noise():
     finally:
         sys.stderr.flush()
         os.dup2(saved, 2)  # closes the pipe's last writer: the thread reads to its end, then stops
+        _STDERR[0] = 2
         thread.join(timeout=5)
         os.close(saved)

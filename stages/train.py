@@ -68,9 +68,10 @@ def too_few_images(t, n_train, n_all, n_classes, dataset):
             f"{dataset}, fewer than train.batch_size = {t['batch_size']}; lower train.validation or train.batch_size")
 
 
-def interrupted_note(recorder, epochs):
-    """The words after "interrupted" when Ctrl-C stops training."""
-    done = len(recorder.history)
+def interrupted_note(ckpt_dir, epochs):
+    """The words after "interrupted" when Ctrl-C stops training: the newest checkpoint on disk, which the next run
+    resumes from (an epoch may have ended without its checkpoint yet written)."""
+    done = checkpoint.newest(ckpt_dir)
     if not done:
         return " before the first epoch ended; `dvc repro` starts it again"
     return f" after epoch {done} of {epochs}; `dvc repro` resumes from the checkpoint"
@@ -132,7 +133,7 @@ def main():
     recorder = progress.Recorder(history, live, out["ckpt"], data[0][:params["train"]["probe_images"]]
                                  .astype("float32"), t["epochs"], steps, queued(entry, params), device != "cpu")
     recorder.set_model(model)
-    on_interrupt(lambda: interrupted_note(recorder, t["epochs"]))
+    on_interrupt(lambda: interrupted_note(out["ckpt"], t["epochs"]))
     t0 = time.perf_counter()
     if start < t["epochs"]:
         print(f"training {out['model']}: {entry.label}, seed {entry.seed}, {len(tr)} train / {len(va)} validation "
