@@ -143,15 +143,17 @@ def test_killing_dvc_repro_ends_its_stage(project, sig, shell):
 
 # --- 11. no DVC output becomes a git-tracked file after an interrupted `dvc exp run` -----------------------------
 
-def test_ctrl_c_of_dvc_exp_run_leaves_no_output_for_git_to_add(project):
+@pytest.mark.parametrize("backend", ["tensorflow", "jax"])
+def test_ctrl_c_of_dvc_exp_run_leaves_no_output_for_git_to_add(project, backend):
     """Was: Ctrl-C during training deleted data/raw/.gitignore, data/prepared/.gitignore and
-    data/source/.gitignore; `git add -A` then committed the archive and train.npz."""
-    set_params(project, train={"epochs": 300})
+    data/source/.gitignore; `git add -A` then committed the archive and train.npz; and printed a ~40-line
+    KeyboardInterrupt traceback from stages.train. Now one line, on both backends."""
+    set_params(project, train={"epochs": 300, "backend": backend})
     subprocess.run(["git", "commit", "-qam", "long run"], cwd=project, env=ENV, check=True)
     log = project.parent / "exp.log"
     with open(log, "w") as f:
-        exp = subprocess.Popen([sys.executable, "-m", "dvc", "exp", "run"], cwd=project, env=ENV, stdout=f,
-                               stderr=subprocess.STDOUT, start_new_session=True)
+        exp = subprocess.Popen([sys.executable, "-m", "dvc", "exp", "run"], cwd=project, env=BACKEND_ENV[backend],
+                               stdout=f, stderr=subprocess.STDOUT, start_new_session=True)
     try:
         deadline = time.monotonic() + 300
         while "epoch 1/300" not in log.read_text():
@@ -163,6 +165,7 @@ def test_ctrl_c_of_dvc_exp_run_leaves_no_output_for_git_to_add(project):
         os.killpg(exp.pid, signal.SIGKILL) if exp.poll() is None else None
     assert exp.returncode != 0
     assert re.search(r"interrupted after epoch \d+ of 300; `dvc repro` resumes from the checkpoint", log.read_text())
+    assert "Traceback" not in log.read_text(), log.read_text()[-3000:]
     assert Path(project, "data/prepared/cifar10/train.npz").is_file()  # prepare ran before the interruption
     added = subprocess.run(["git", "add", "-A", "--dry-run"], cwd=project, env=ENV, capture_output=True, text=True,
                            check=True).stdout
