@@ -19,7 +19,6 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-MODEL = {"dropout_input": 0.2, "dropout_hidden": 0.5, "lrelu_slope": 0.1, "prelu_init": 0.25}
 BATCH = 128  # images per SGD step, the recipe's
 
 
@@ -31,13 +30,14 @@ def worker(width, variant, warmup, steps):
 
     from stages import backend
     from stages.model import make_net
+    from stages.params import parse
     from stages.pipeline import batches
     precision, _, _ = backend.configure("auto", 0)
     activation, bn = variant.removesuffix("+bn"), variant.endswith("+bn")
     rng = np.random.default_rng(0)
     x = rng.integers(0, 256, (BATCH * (warmup + steps), 32, 32, 3), dtype=np.uint8)  # (N, 32, 32, 3) raw pixels
     y = rng.integers(0, 10, len(x))
-    model = make_net(10, activation, bn, {**MODEL, "width": width}, 1e-3, np.full(3, 120.0), np.full(3, 4000.0))
+    model = make_net(10, activation, bn, {**parse(ROOT / "params.yaml")["model"], "width": width}, 1e-3, np.full(3, 120.0), np.full(3, 4000.0))
     model.compile(keras.optimizers.SGD(0.01, momentum=0.9), "sparse_categorical_crossentropy", metrics=["accuracy"])
     data = batches(x, y, BATCH, 0, False)
     model.fit(data, epochs=1, steps_per_epoch=warmup, verbose=0)  # compiles the step

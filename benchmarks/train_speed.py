@@ -35,7 +35,12 @@ import numpy as np  # noqa: E402
 
 PRECISIONS = ("float32", "mixed_bfloat16")
 DTYPES = {"float32": lambda tf: tf.float32, "mixed_bfloat16": lambda tf: tf.bfloat16}  # the matmul ceiling's dtype
-MODEL = {"dropout_input": 0.2, "dropout_hidden": 0.5, "lrelu_slope": 0.1, "prelu_init": 0.25}
+
+
+def model_params(width):
+    """params.yaml's model section (dropout, slopes: the study's recipe) at another width."""
+    from stages.params import parse
+    return {**parse(ROOT / "params.yaml")["model"], "width": width}
 
 
 def conv_gemms(model, batch):
@@ -70,7 +75,7 @@ def time_variant(activation, batch_norm, precision, args, keras, tf):
     keras.mixed_precision.set_dtype_policy(precision)
     keras.utils.set_random_seed(0)
     try:
-        model = make_net(10, activation, batch_norm, {**MODEL, "width": args.width}, 1e-3,
+        model = make_net(10, activation, batch_norm, model_params(args.width), 1e-3,
                          np.full(3, 120.0), np.full(3, 4000.0))
         model.compile(keras.optimizers.SGD(0.01, momentum=0.9), "sparse_categorical_crossentropy",
                       metrics=["accuracy"])
@@ -116,7 +121,7 @@ def describe(args, keras, tf):
     """Prints the machine and the net's FLOPs; returns (training FLOPs per image, the ceiling's matmul size)."""
     from stages.backend import accelerators, choose_precision
     from stages.model import make_net
-    probe = make_net(10, "relu", False, {**MODEL, "width": args.width}, 1e-3, np.zeros(3), np.ones(3))
+    probe = make_net(10, "relu", False, model_params(args.width), 1e-3, np.zeros(3), np.ones(3))
     gemms = conv_gemms(probe, args.batch)
     forward_macs = sum(m * k * n for m, k, n in gemms) / args.batch
     m, k, n = max(gemms, key=lambda g: g[0] * g[1] * g[2])
