@@ -625,11 +625,13 @@ def add_curves(study, v, finished):
     """The entry's per-epoch curves (dvclive's, also of a stopped one) into study.curves."""
     import pandas as pd
 
+    from stages.cli import UserError
     from stages.report import read_curves
     live = study.work / f"dvclive/grid/{key(v)}"
-    if not (live / "plots/metrics").is_dir():
+    try:  # a stopped entry may not have logged an epoch yet
+        df = read_curves(live, f"train it again: dvc repro -f train@{key(v)}").assign(variant=v, finished=finished)
+    except (UserError, FileNotFoundError):
         return None
-    df = read_curves(live).assign(variant=v, finished=finished)
     old = study.curves[study.curves.variant != v] if study.curves is not None else None
     study.curves = pd.concat([old, df], ignore_index=True)
     return df
