@@ -1,20 +1,22 @@
-"""ALL-CNN-C (Springenberg et al. 2014) with a pluggable activation and optional batch normalisation."""
+"""ALL-CNN-C (Springenberg et al. 2014) with a pluggable activation and optional batch normalisation.
+
+Keras is imported where a layer is built, not at the top: the params check (the check stage, on every change
+of params.yaml) accepts the study's own activation names below without loading Keras and TensorFlow.
+"""
 import functools
 
-import keras
 import numpy as np
-from keras import layers
 
 ACT_PREFIX = "act"  # activation layers are act1..act9: the net names them, train probes them, report plots them
 
 # Activations that need arguments; any other name Keras knows (selu, gelu, swish, ...) works as it is.
-# Adding an activation to the study is one line here, or none.
+# Adding an activation to the study is one line here, or none. k: the keras module; m: params.yaml's model.
 ACTIVATIONS = {
-    "relu": lambda m, **kw: layers.ReLU(**kw),
-    "lrelu": lambda m, **kw: layers.LeakyReLU(negative_slope=m["lrelu_slope"], **kw),
+    "relu": lambda k, m, **kw: k.layers.ReLU(**kw),
+    "lrelu": lambda k, m, **kw: k.layers.LeakyReLU(negative_slope=m["lrelu_slope"], **kw),
     # one learned slope per channel, shared over H and W; PReLU's alpha has no regulariser (no weight decay)
-    "prelu": lambda m, **kw: layers.PReLU(keras.initializers.Constant(m["prelu_init"]), shared_axes=[1, 2], **kw),
-    "elu": lambda m, **kw: layers.ELU(**kw),
+    "prelu": lambda k, m, **kw: k.layers.PReLU(k.initializers.Constant(m["prelu_init"]), shared_axes=[1, 2], **kw),
+    "elu": lambda k, m, **kw: k.layers.ELU(**kw),
 }
 _NOT_ACTIVATIONS = {"get", "serialize", "deserialize", "linear", "softmax", "log_softmax"}
 
@@ -22,6 +24,7 @@ _NOT_ACTIVATIONS = {"get", "serialize", "deserialize", "linear", "softmax", "log
 def _works_in_the_net(name):
     """Keras names exactly the stages accept: one that keeps a (N, H, W, C) tensor's shape with no arguments
     (not glu, which halves C; not threshold, which needs two)."""
+    from keras import layers
     try:
         x = np.linspace(-2, 2, 2 * 2 * 2 * 4, dtype="float32").reshape(2, 2, 2, 4)
         return tuple(layers.Activation(name)(x).shape) == x.shape
@@ -31,15 +34,18 @@ def _works_in_the_net(name):
 
 @functools.cache
 def activation_names():
+    """Every name the stages accept: ACTIVATIONS' and the Keras activations that fit the net."""
+    import keras
     keras_names = [n for n in dir(keras.activations) if not n.startswith("_") and n not in _NOT_ACTIVATIONS]
     return sorted(set(ACTIVATIONS) | {n for n in keras_names if _works_in_the_net(n)})
 
 
 def make_activation(activation, model_params, **kw):
-    if activation not in activation_names():
+    import keras
+    if activation not in ACTIVATIONS and activation not in activation_names():
         raise ValueError(f"unknown activation {activation!r}; valid: {', '.join(activation_names())}")
     known = ACTIVATIONS.get(activation)
-    return known(model_params, **kw) if known else layers.Activation(activation, **kw)
+    return known(keras, model_params, **kw) if known else keras.layers.Activation(activation, **kw)
 
 
 def make_net(num_classes, activation, batch_norm, model_params, weight_decay, mean, variance):
@@ -48,6 +54,8 @@ def make_net(num_classes, activation, batch_norm, model_params, weight_decay, me
     mean/variance: per-channel statistics of the training split, so the saved model takes raw pixels.
     weight_decay: Caffe-style coefficient lambda (gradient += lambda * w), i.e. an L2 loss of lambda / 2.
     """
+    import keras
+    from keras import layers
     c1, c2 = round(96 * model_params["width"]), round(192 * model_params["width"])
     # (filters, kernel, stride, padding); "drop" = dropout 0.5 after each stride-2 conv
     spec = [(c1, 3, 1, "same"), (c1, 3, 1, "same"), (c1, 3, 2, "same"), "drop",  # 32x32 -> 16x16

@@ -88,8 +88,10 @@ def _optional(check):
 def _activation(v):
     if not (isinstance(v, str) and NAME.fullmatch(v)):
         return "a lower-case name of letters, digits and _ (it becomes part of stage names and paths)"
-    from stages.model import activation_names  # imports Keras: only when there is an activation to check
-    names = activation_names()
+    from stages.model import ACTIVATIONS, activation_names
+    if v in ACTIVATIONS:  # the study's own: known without loading Keras
+        return None
+    names = activation_names()  # imports Keras (seconds): any other name must be one Keras knows
     if v in names:
         return None
     close = difflib.get_close_matches(v, names, n=1)
@@ -285,9 +287,8 @@ def local_file(url, key):
 
 
 def data_params(dataset):
-    """data.<dataset> of params.yaml, checked. Only that section, all that prepare and source@ use: the full
-    check (the check stage's, which runs first) imports Keras for the activation names, ~4 s, and source@ runs
-    on every `dvc repro`."""
+    """data.<dataset> of params.yaml, checked. Only that section, all that prepare and source@ use (the check
+    stage, which runs first, checks the whole file), so that an edit elsewhere cannot fail them."""
     errors, params = [], parse()
     _validate(SCHEMA["data"], params.get("data") if isinstance(params, dict) else None, "data.", errors)
     if errors:

@@ -1,5 +1,7 @@
-"""CIFAR-100 end to end: the tests' own archive, fine and coarse labels, under TensorFlow and under JAX (in an
-interpreter without TensorFlow), through prepare, train, evaluate and report with `dvc repro`."""
+"""CIFAR-100 end to end: the tests' own archive through prepare, train, evaluate and report with `dvc repro`, once
+per label kind: fine labels under TensorFlow, coarse under JAX (in an interpreter without TensorFlow). Each label
+kind and each backend is decoded bit-exactly and trained elsewhere (test_cifar, test_train); what this adds is the
+pipeline with a class count other than 10, and the pairing keeps it to two `dvc repro`s."""
 import json
 import sys
 
@@ -8,11 +10,12 @@ import pytest
 from tests.archives import write_cifar
 from tests.conftest import BACKEND_ENV, md5, make_project, run
 
+pytestmark = pytest.mark.e2e  # trains and runs DVC: the whole module is outside the fast tier
+
 ENTRY = "cifar100-elu-False-0"
 
 
-@pytest.mark.parametrize("backend", ["tensorflow", "jax"])
-@pytest.mark.parametrize("labels, classes", [("fine", 100), ("coarse", 20)])
+@pytest.mark.parametrize("labels, classes, backend", [("fine", 100, "tensorflow"), ("coarse", 20, "jax")])
 def test_cifar100_through_train_evaluate_and_report(tmp_path, labels, classes, backend):
     archive = tmp_path / "cifar-100-python.tar.gz"
     write_cifar(archive, "cifar100", "python", train_per_class=4, test_per_class=2)  # per fine class

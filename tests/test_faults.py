@@ -111,6 +111,7 @@ def killed(tmp_path_factory, cifar10_archive):
     return {"repo": repo, "victim": victim, "finished": finished, "before": before, "out": after.stdout}
 
 
+@pytest.mark.e2e
 def test_kill_leaves_no_half_written_output(killed):
     b, victim = killed["before"], killed["victim"]
     assert b["status"] != 0
@@ -123,6 +124,7 @@ def test_kill_leaves_no_half_written_output(killed):
     assert b["curve"] == [str(e) for e in range(int(b["checkpoints"][-1][-4:]))]  # curves of finished epochs only
 
 
+@pytest.mark.e2e
 def test_rerun_resumes_the_killed_entry_from_its_newest_intact_checkpoint(killed):
     repo, victim, out = killed["repo"], killed["victim"], killed["out"]
     ckpts = killed["before"]["checkpoints"]
@@ -141,6 +143,7 @@ def test_rerun_resumes_the_killed_entry_from_its_newest_intact_checkpoint(killed
     assert not (repo / "checkpoints/grid" / victim).exists()  # done: its checkpoints are removed
 
 
+@pytest.mark.e2e
 def test_rerun_does_not_retrain_the_finished_entry(killed):
     repo, finished, out = killed["repo"], killed["finished"], killed["out"]
     assert f"Stage 'train@{finished}' didn't change, skipping" in out
@@ -149,6 +152,7 @@ def test_rerun_does_not_retrain_the_finished_entry(killed):
         assert path.stat().st_mtime_ns == mtime and md5(path) == digest
 
 
+@pytest.mark.e2e
 def test_rerun_completes_the_study_and_leaves_no_temporary_files(killed):
     repo = killed["repo"]
     assert killed["out"].count("training models/") == 1
@@ -159,6 +163,7 @@ def test_rerun_completes_the_study_and_leaves_no_temporary_files(killed):
     assert dvc("status", "--json", "report", cwd=repo).stdout.strip().splitlines()[-1] == "{}"
 
 
+@pytest.mark.e2e
 def test_damaged_prepared_file_is_refused_then_restored_without_retraining(killed):
     """Runs last on the finished study: a truncated train.npz."""
     repo = killed["repo"]
@@ -187,6 +192,7 @@ def test_damaged_prepared_file_is_refused_then_restored_without_retraining(kille
 
 # --- divergence ---------------------------------------------------------------------------------------------
 
+@pytest.mark.e2e
 def test_diverging_entry_is_flagged_and_the_study_completes(tmp_path, cifar10_archive):
     """lr 10 with no momentum: ReLU's loss becomes NaN within three epochs, the sigmoid's stays finite. Integer
     learning_rate and momentum, as a user types them, are accepted by training too (regression)."""

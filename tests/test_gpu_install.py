@@ -34,6 +34,7 @@ def registry_answers():
     return p.returncode == 0
 
 
+@pytest.mark.e2e
 def test_gpu_requirements_resolve(tmp_path):
     """The GPU pins and the CUDA wheels they pull in resolve together (the whole file, requirements.txt included,
     was checked the same way when it was written: a few minutes more, for pins this file shares)."""

@@ -78,6 +78,7 @@ def rehearsal(tmp_path_factory):
     return p.stdout, time.time() - t0, base
 
 
+@pytest.mark.e2e
 def test_rehearsal_fits_the_budget_and_states_the_epochs(rehearsal):
     output, wall, base = rehearsal
     out = base / "out/study"
@@ -102,6 +103,7 @@ def test_rehearsal_fits_the_budget_and_states_the_epochs(rehearsal):
     assert sorted(curves.variant.unique()) == ["elu", "relu+bn"] and curves.epoch.max() == e
 
 
+@pytest.mark.e2e
 def test_measurement_is_synchronised_and_recorded(rehearsal):
     _, _, base = rehearsal
     m = json.loads((base / "out/study/results.json").read_text())["measurement"]
@@ -115,6 +117,7 @@ def test_measurement_is_synchronised_and_recorded(rehearsal):
     assert m["seconds"] <= 0.2 * json.loads((base / "out/study/results.json").read_text())["study"]["budget_seconds"] + 3
 
 
+@pytest.mark.e2e
 def test_resumed_into_a_short_budget_the_deadline_stops_it(rehearsal):
     """Six entries more, two at a time, in 40 s: three waves of >= 12 s each even on a fast CPU, so the
     deadline stops some; it keeps the entries, E and measurement it resumed, and leaves no process behind."""
@@ -137,6 +140,7 @@ def test_resumed_into_a_short_budget_the_deadline_stops_it(rehearsal):
     assert study_processes(work) == []  # stopped, and waited for, before the study ended
 
 
+@pytest.mark.e2e
 def test_killed_mid_training_leaves_its_files_and_no_process(rehearsal):
     _, _, base = rehearsal
     out, work = base / "killed", base / "work"
@@ -157,6 +161,7 @@ def test_killed_mid_training_leaves_its_files_and_no_process(rehearsal):
     assert "plan: " in (out / "log.txt").read_text() and (out / "study.md").is_file()
 
 
+@pytest.mark.e2e
 def test_sigterm_stops_every_process_and_writes_what_it_had(rehearsal):
     """What `timeout` or a scheduler sends: the study stops its process groups, records the entry it stopped,
     and ends by the signal."""

@@ -271,6 +271,7 @@ def test_full_disk_in_prepare_is_one_line(project):
     assert "free some space there" in err[0]
 
 
+@pytest.mark.e2e
 def test_full_disk_in_train_is_one_line(project):
     """Was: `Disable slist on flush dest failure failed` and five `sys.meta_path is None` lines; here h5py's
     destructors raised and the interpreter crashed (segmentation fault). A 300 KB disk for the checkpoints."""

@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 import yaml
 
 from stages.outputs import atomic_path
@@ -17,6 +18,7 @@ from tests.test_prepare import assert_one_error_line, leftovers, load_split, pre
 
 # --- 2. a local archive replaced at the same path -------------------------------------------------------------
 
+@pytest.mark.e2e
 def test_replaced_local_archive_reruns_prepare_and_only_what_depends_on_it(project, tmp_path):
     """Was: with md5 null, `dvc status` said up to date and `dvc repro` kept the old arrays."""
     archive = tmp_path / "local" / "cifar-10-python.tar.gz"

@@ -89,6 +89,7 @@ def start_training(repo, env, until):
     return p, out
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("moment, sig", [("training models/", signal.SIGTERM), ("epoch 2/", signal.SIGTERM),
                                          ("epoch 2/", signal.SIGINT)])
 def test_a_signal_ends_the_train_stage_on_both_backends(trainable, moment, sig):
@@ -113,6 +114,7 @@ def test_a_signal_ends_the_train_stage_on_both_backends(trainable, moment, sig):
 
 # --- 4. stages die with the dvc that started them ----------------------------------------------------------------
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("shell", ["/bin/bash", "/bin/sh"])
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL])
 def test_killing_dvc_repro_ends_its_stage(project, sig, shell):
@@ -143,6 +145,7 @@ def test_killing_dvc_repro_ends_its_stage(project, sig, shell):
 
 # --- 11. no DVC output becomes a git-tracked file after an interrupted `dvc exp run` -----------------------------
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("backend", ["tensorflow", "jax"])
 def test_ctrl_c_of_dvc_exp_run_leaves_no_output_for_git_to_add(project, backend):
     """Was: Ctrl-C during training deleted data/raw/.gitignore, data/prepared/.gitignore and

@@ -5,9 +5,12 @@ git repository and a local folder."""
 import json
 from pathlib import Path
 
+import pytest
 import yaml
 
 from tests.conftest import dvc, git, make_project, md5
+
+pytestmark = pytest.mark.e2e  # trains and runs DVC: the whole module is outside the fast tier
 
 RELU, ELU = "train@cifar10-relu-False-0", "train@cifar10-elu-False-0"
 MODELS = ["models/grid/cifar10-relu-False-0.keras", "models/grid/cifar10-elu-False-0.keras",

@@ -254,6 +254,20 @@ def test_check_command_exits_2_and_writes_nothing(tmp_path):
     assert [p.name for p in (tmp_path / "data").iterdir()] == ["params.ok"]  # and no temporary file beside it
 
 
+def test_the_check_loads_keras_only_for_a_name_outside_the_study(tmp_path):
+    """The check stage reruns on every edit of params.yaml: the study's own activations are known without Keras
+    (seconds of TensorFlow import); a Keras-only name such as gelu still passes, after Keras was asked."""
+    shutil.copytree(ROOT / "stages", tmp_path / "stages", ignore=shutil.ignore_patterns("__pycache__"))
+    probe = "import sys; from stages import params; params.load(); print(' '.join(sorted(m for m in sys.modules " \
+            "if m in ('keras', 'tensorflow', 'jax'))))"
+    for grid, keras in ((["relu", "lrelu", "prelu", "elu"], False), (["relu", "gelu"], True)):
+        (tmp_path / "params.yaml").write_text(yaml.safe_dump(changed("grid.activation", grid)))
+        p = subprocess.run([sys.executable, "-c", probe], cwd=tmp_path, env=ENV, text=True,
+                           stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, timeout=600)
+        loaded = p.stdout.splitlines()[-1].split()
+        assert p.returncode == 0 and ("keras" in loaded) == keras and ("tensorflow" in loaded) == keras, loaded
+
+
 def test_dvc_repro_stops_at_the_check_before_any_shell_download_or_training(tmp_path, cifar10_archive):
     repo = make_project(tmp_path / "repo", cifar10_archive)
     markers = [tmp_path / f"pwned{i}" for i in range(3)]

@@ -6,6 +6,8 @@ import pytest
 
 from tests.conftest import dvc, git
 
+pytestmark = pytest.mark.e2e  # trains and runs DVC: the whole module is outside the fast tier
+
 ENTRIES = ["cifar10-relu-False-0", "cifar10-elu-False-0"]  # the TINY grid
 
 

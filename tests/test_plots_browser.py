@@ -22,8 +22,9 @@ import matplotlib.pyplot as plt  # noqa: E402
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 SCREEN = (1400, 900)  # a laptop's browser window, in CSS pixels
 EPOCHS, VARIANTS = 150, (("relu", False), ("elu", False), ("elu", True))  # of the plot data
-pytestmark = pytest.mark.skipif(not CHROMIUM and os.environ.get("CI") != "true",
-                                reason="needs Chromium (apt-get install chromium); CI installs it and runs this")
+pytestmark = [pytest.mark.e2e,  # trains, runs DVC and a browser: the whole module is outside the fast tier
+              pytest.mark.skipif(not CHROMIUM and os.environ.get("CI") != "true",
+                                 reason="needs Chromium (apt-get install chromium); CI installs it and runs this")]
 # what the page shows once its scripts ran: charts vega-embed drew (it marks its divs .vega-embed) and images
 PROBE = """JSON.stringify((() => {
   const images = [...document.images];

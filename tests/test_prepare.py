@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 import yaml
 
 from tests.archives import CIFAR10_NAMES, class_names, make_dataset, write_cifar
@@ -152,6 +153,7 @@ def test_cifar100_binary_layout_with_coarse_labels(project, tmp_path):
     assert not Path(project, "data/prepared/cifar10").exists()  # only the dataset asked for
 
 
+@pytest.mark.e2e
 def test_dvc_repro_tracks_the_archive_and_reruns_nothing(project, cifar10_archive):
     first = dvc("repro", "prepare@cifar10", cwd=project).stdout
     assert "Running stage 'check'" in first and "Running stage 'prepare@cifar10'" in first

@@ -168,6 +168,7 @@ def test_missing_predictions_fall_back_to_counts(study, tmp_path, monkeypatch):
     assert neighbours[1]["distinguishable"] is True  # 27 % against 50 % errors on 200 images
 
 
+@pytest.mark.e2e
 def test_plots_diff_shows_each_figure_of_two_revisions(study):
     write_entry(study, "relu", False, 0, 180)  # relu now first: a new ranking
     dvc("repro", "--single-item", "report", cwd=study)

@@ -5,7 +5,11 @@ import csv
 import io
 import json
 
+import pytest
+
 from tests.conftest import dvc, git, make_project
+
+pytestmark = pytest.mark.e2e  # trains and runs DVC: the whole module is outside the fast tier
 
 
 def shown(repo):

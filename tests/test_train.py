@@ -107,6 +107,28 @@ def killed(prepared, backend, tmp_path_factory):
     return repo, base / "checkpoint"
 
 
+def test_one_epoch_trains_and_evaluates_as_the_stages_run_it(prepared, tmp_path):
+    """The fast tier's pass through train, the input pipeline, the recorder and evaluate, without DVC: one epoch
+    at TINY's width, its outputs the size the params ask for (the e2e tests below check what they learn)."""
+    repo = copy_repo(prepared, tmp_path / "repo", "tensorflow")
+    set_params(repo, train={"epochs": 1})
+    output = train(repo, "tensorflow").stdout
+    assert re.search(r"^epoch 1/1: ", output, re.M), output[-3000:]
+    summary = json.loads((repo / OUT["summary"]).read_text())
+    assert (summary["epochs_completed"], summary["train_images"], summary["validation_images"]) == (1, 560, 40)
+    assert (repo / OUT["model"]).stat().st_size > 0 and not (repo / OUT["ckpt"]).exists()
+    assert {name: len(rows) for name, rows in curves(repo / OUT["live"]).items()
+            if name.endswith(("/loss.tsv", "/accuracy.tsv"))} == {
+        "plots/metrics/train/loss.tsv": 1, "plots/metrics/train/accuracy.tsv": 1,
+        "plots/metrics/eval/loss.tsv": 1, "plots/metrics/eval/accuracy.tsv": 1}
+    run([sys.executable, "-m", "stages.evaluate", ENTRY], repo)
+    metrics = json.loads((repo / OUT["metrics"]).read_text())
+    assert metrics["test_images"] == 200 and metrics["epochs"] == 1 and 0 <= metrics["test_error"] <= 1
+    results = json.loads((repo / OUT["results"]).read_text())
+    assert np.asarray(results["confusion"]).shape == (10, 10) and np.asarray(results["confusion"]).sum() == 200
+
+
+@pytest.mark.e2e
 def test_a_tiny_model_learns(uninterrupted, backend):
     repo, output = uninterrupted
     summary = json.loads((repo / OUT["summary"]).read_text())
@@ -131,6 +153,7 @@ def seconds(text):
     return n[0] if text.endswith(" s") else n[-1] * 60 + (n[0] * 3600 if " h " in text else 0)
 
 
+@pytest.mark.e2e
 def test_time_left_after_the_first_epoch_leaves_out_compilation(uninterrupted, backend):
     """Was, on JAX: 'about 27 s left' after epoch 1 (8.9 s, mostly compiling), then epochs of 0.4 s."""
     lines = re.findall(r"^epoch (\d+)/4: .*seconds ([\d.]+)(?:  \(about (.+) left\))?$", uninterrupted[1], re.M)
@@ -142,6 +165,7 @@ def test_time_left_after_the_first_epoch_leaves_out_compilation(uninterrupted, b
     assert later / 3 < per_epoch < later * 5 and (backend == "tensorflow" or per_epoch < first / 4), lines
 
 
+@pytest.mark.e2e
 def test_same_seed_same_weights(prepared, uninterrupted, backend, tmp_path):
     repo = copy_repo(prepared, tmp_path / "repo", backend)
     train(repo, backend)
@@ -149,6 +173,7 @@ def test_same_seed_same_weights(prepared, uninterrupted, backend, tmp_path):
     assert curves(repo / OUT["live"]) == curves(uninterrupted[0] / OUT["live"])
 
 
+@pytest.mark.e2e
 def test_killed_run_resumes_to_the_weights_of_an_uninterrupted_one(killed, uninterrupted, backend):
     repo, _ = killed
     output = train(repo, backend).stdout
@@ -164,6 +189,7 @@ def test_killed_run_resumes_to_the_weights_of_an_uninterrupted_one(killed, unint
     assert not (repo / OUT["ckpt"]).exists()
 
 
+@pytest.mark.e2e
 def test_saved_model_evaluates_alike_under_the_other_backend(uninterrupted, backend):
     """The .keras file is backend-neutral: the other backend's evaluate stage gives the same test metrics."""
     repo, _ = uninterrupted
@@ -178,6 +204,7 @@ def test_saved_model_evaluates_alike_under_the_other_backend(uninterrupted, back
     assert metrics["tensorflow"]["test_loss"] == pytest.approx(metrics["jax"]["test_loss"], rel=1e-4)
 
 
+@pytest.mark.e2e
 def test_checkpoint_of_other_params_or_code_is_not_resumed(prepared, killed, backend, tmp_path):
     if backend == "jax":
         pytest.skip("the fingerprint is the same code on both backends: tried once, under TensorFlow")
@@ -223,6 +250,7 @@ def test_one_stage_per_grid_entry_and_no_params_value_in_any_command(tmp_path, c
     assert commands and not [c for c in commands if "$" in c]  # entries come from $DVC_STAGE, not the shell
 
 
+@pytest.mark.e2e
 def test_adding_an_activation_trains_only_the_new_entries(tmp_path, cifar10_archive):
     repo = make_project(tmp_path / "repo", cifar10_archive,
                         {"grid": {"activation": ["relu"], "batch_norm": [False]}, "train": {"epochs": 1}})
@@ -260,6 +288,7 @@ def activation_means(live_dir):
             for tsv in Path(live_dir, "plots/metrics/train").glob("act*_mean.tsv")}
 
 
+@pytest.mark.e2e
 def test_bias_shift_statistics_agree_in_bf16_and_float32(prepared, tmp_path):
     """Regression: numpy reduced bf16 activations in bf16, which made the means 100-1000x too small."""
     means = {}
