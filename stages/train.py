@@ -82,26 +82,26 @@ def queued(entry, params):
     return sum(not e.paths["model"].exists() for e in grid_entries(params) if e != entry)
 
 
-def fit(model, recorder, data, t, start, seed, val_batch):
+def fit(model, per_epoch, data, t, start, seed, val_batch):
     """Trains epochs start+1..t["epochs"]; data = (x_train, y_train, x_val, y_val)."""
     from stages.pipeline import batches
     x_tr, y_tr, x_va, y_va = data
     model.fit(batches(x_tr, y_tr, t["batch_size"], seed, t["augment"], start), epochs=t["epochs"],
               initial_epoch=start, steps_per_epoch=len(y_tr) // t["batch_size"],
               validation_data=(x_va.astype("float32"), y_va) if len(y_va) else None, validation_batch_size=val_batch,
-              callbacks=[recorder], shuffle=False, verbose=0)  # recorder prints each epoch and stops at a non-finite loss
+              callbacks=[per_epoch], shuffle=False, verbose=0)  # prints each epoch, stops at a non-finite loss
 
 
-def summary(entry, t, recorder, data, precision, device, start, seconds):
+def summary(entry, t, per_epoch, data, precision, device, start, seconds):
     import keras
-    spent = [h["seconds"] for h in recorder.history]
+    spent = [h["seconds"] for h in per_epoch.history]
     return {
         "dataset": entry.dataset, "activation": entry.activation, "batch_norm": entry.batch_norm,
-        "seed": entry.seed, "epochs": t["epochs"], "epochs_completed": len(recorder.history),
-        "diverged": bool(recorder.diverged_epoch), "diverged_epoch": recorder.diverged_epoch,
+        "seed": entry.seed, "epochs": t["epochs"], "epochs_completed": len(per_epoch.history),
+        "diverged": bool(per_epoch.diverged_epoch), "diverged_epoch": per_epoch.diverged_epoch,
         "train_images": int(len(data[1])), "validation_images": int(len(data[3])), "batch_size": t["batch_size"],
         "backend": keras.backend.backend(), "precision": precision, "device": device,
-        "parameters": int(recorder.model.count_params()), "train_seconds": float(sum(spent)),
+        "parameters": int(per_epoch.model.count_params()), "train_seconds": float(sum(spent)),
         "seconds_per_epoch": float(np.mean(spent)) if spent else None,
         # training speed: epochs after the first when there are some (the first one includes compilation)
         "images_per_second": len(data[1]) // t["batch_size"] * t["batch_size"] / float(np.median(spent[1:] or spent))
@@ -122,17 +122,17 @@ def main():
     precision, device, scope = backend.configure(t["precision"], entry.seed)
     from dvclive import Live
 
-    from stages import progress
+    from stages import each_epoch
     build = lambda: build_model(entry, params, len(classes), data[0], steps, scope)  # noqa: E731
     stage = "train_exp" if entry.experiment else "train"
     model, start, history = checkpoint.resume(out["ckpt"], fingerprint(entry, params, precision, stage), build,
                                               steps)
     live = Live(str(out["live"]), save_dvc_exp=False, dvcyaml=None, report=None)
     for logs in history:  # a resumed run's curves start with the epochs already done
-        progress.log_epoch(live, logs)
-    recorder = progress.Recorder(history, live, out["ckpt"], data[0][:params["train"]["probe_images"]]
-                                 .astype("float32"), t["epochs"], steps, queued(entry, params), device != "cpu")
-    recorder.set_model(model)
+        each_epoch.log_epoch(live, logs)
+    per_epoch = each_epoch.EachEpoch(history, live, out["ckpt"], data[0][:params["train"]["probe_images"]]
+                                     .astype("float32"), t["epochs"], steps, queued(entry, params), device != "cpu")
+    per_epoch.set_model(model)
     on_interrupt(lambda: interrupted_note(out["ckpt"], t["epochs"]))
     t0 = time.perf_counter()
     if start < t["epochs"]:
@@ -140,18 +140,19 @@ def main():
               f"images, width {params['model']['width']:g}, {precision}, {params['train']['backend']} on {device}, "
               f"epochs {start + 1}..{t['epochs']}", flush=True)
         # the validation pass in evaluate.batch_size batches: inference only, it does not shape the weights
-        fit(model, recorder, data, t, start, entry.seed, params["evaluate"]["batch_size"])
+        fit(model, per_epoch, data, t, start, entry.seed, params["evaluate"]["batch_size"])
     live.end()
-    if recorder.diverged_epoch:
-        print(f"warning: loss diverged in epoch {recorder.diverged_epoch}; keeping the last finite weights")
+    if per_epoch.diverged_epoch:
+        print(f"warning: loss diverged in epoch {per_epoch.diverged_epoch}; keeping the last finite weights")
         model = build()  # the model as initialised if epoch 1 diverged
-        if recorder.history:  # the last finite epoch was checkpointed (or resumed from): intact
-            model.load_weights(checkpoint.weights(out["ckpt"], len(recorder.history)))
+        if per_epoch.history:  # the last finite epoch was checkpointed (or resumed from): intact
+            model.load_weights(checkpoint.weights(out["ckpt"], len(per_epoch.history)))
     with atomic_path(out["model"]) as tmp:
         model.save(tmp, include_optimizer=False)
-    write_json(out["summary"], summary(entry, t, recorder, data, precision, device, start, time.perf_counter() - t0))
+    write_json(out["summary"], summary(entry, t, per_epoch, data, precision, device, start, time.perf_counter() - t0))
     shutil.rmtree(out["ckpt"])  # done: the model is saved, the checkpoint is no longer needed
-    print(f"saved {out['model']} ({count(len(recorder.history), 'epoch')}, {sum(h['seconds'] for h in history):.0f} s)")
+    done = per_epoch.history
+    print(f"saved {out['model']} ({count(len(done), 'epoch')}, {sum(h['seconds'] for h in done):.0f} s)")
 
 
 if __name__ == "__main__":

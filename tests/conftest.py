@@ -1,5 +1,6 @@
 """Shared fixtures: the tests' own archives and temporary git+DVC copies of this project."""
 import atexit
+import collections
 import functools
 import hashlib
 import os
@@ -108,3 +109,10 @@ def cifar10_archive(tmp_path_factory):
 @pytest.fixture
 def project(tmp_path, cifar10_archive):
     return make_project(tmp_path / "repo", cifar10_archive)
+
+
+def pytest_collection_modifyitems(items):
+    """The modules with the most e2e tests first: pytest-xdist (--dist loadscope) hands whole modules to its
+    workers in this order, so the long ones start at once and the fast ones fill the gaps at the end."""
+    e2e = collections.Counter(item.module.__name__ for item in items if item.get_closest_marker("e2e"))
+    items.sort(key=lambda item: -e2e[item.module.__name__])  # stable: each module's own order is kept

@@ -148,7 +148,7 @@ def test_a_tiny_model_learns(uninterrupted, backend):
 
 
 def seconds(text):
-    """Seconds of a duration as progress.duration() writes it: '0.8 s', '7 min', '2 h 03 min'."""
+    """Seconds of a duration as each_epoch.duration() writes it: '0.8 s', '7 min', '2 h 03 min'."""
     n = [float(x) for x in re.findall(r"[\d.]+", text)]
     return n[0] if text.endswith(" s") else n[-1] * 60 + (n[0] * 3600 if " h " in text else 0)
 
@@ -306,8 +306,8 @@ def test_bias_shift_statistics_agree_in_bf16_and_float32(prepared, tmp_path):
 @pytest.mark.parametrize("on_gpu, step_seconds, pointer", [(False, 0.6, True), (False, 0.01, False), (True, 0.6, False)])
 def test_expected_time_points_cpu_users_to_the_cpu_recipe_only_when_it_is_long(capsys, on_gpu, step_seconds, pointer):
     """0.6 s a step of 128 images: width 1.0 on a CPU (150 epochs of 351 steps, 8 more models: days)."""
-    from stages.progress import Recorder
-    r = Recorder([], None, None, None, epochs=150, steps=351, queued=7, on_gpu=on_gpu)
+    from stages.each_epoch import EachEpoch
+    r = EachEpoch([], None, None, None, epochs=150, steps=351, queued=7, on_gpu=on_gpu)
     r.first_epoch, r.step_seconds = 0, step_seconds
     r.say_expected_time()
     out = capsys.readouterr().out

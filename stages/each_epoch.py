@@ -1,5 +1,6 @@
-"""What a training run records as it goes: one line per epoch, the expected time, per-epoch curves (dvclive),
-bias-shift statistics, a checkpoint per finite epoch, and where the loss diverged. Imports Keras: import it
+"""What the train stage does after each epoch (and a few steps into the first): prints the epoch's line and the
+expected time, logs the curves (dvclive) and bias-shift statistics, checkpoints a finite epoch, and stops the
+run where the loss diverged. Imports Keras: import it
 after params.load() has chosen the backend."""
 import time
 
@@ -38,7 +39,7 @@ def duration(seconds):
     return f"{h} h {m:02d} min" if h else f"{m} min" if m else f"{seconds:.2g} s"
 
 
-class Recorder(keras.callbacks.Callback):
+class EachEpoch(keras.callbacks.Callback):
     """Per epoch: adds learning rate, seconds and activation statistics to the logs, checkpoints a finite epoch,
     logs it to dvclive and prints it; stops training at the first non-finite value. `history` holds the epochs
     done before (a resumed run's) and grows by one dict per finite epoch. Its batch hook reads no logs, so Keras
