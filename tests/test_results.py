@@ -82,3 +82,19 @@ def test_readme_gives_each_recipe_as_its_one_command():
     readme = (ROOT / "README.md").read_text()
     for name in RECIPES:
         assert f"\n{command(name)}\n" in readme, name
+
+
+def test_readme_test_times_are_the_committed_logs():
+    """The README's test counts and times, and docs/benchmarks.md's table, quote the logs in docs/test-times/."""
+    def last_line(name):  # pytest's summary: "373 passed in 48.74s" or "427 passed, 1 skipped in 535.07s (0:08:55)"
+        line = (ROOT / "docs/test-times" / name).read_text().strip().splitlines()[-1]
+        m = re.search(r"(\d+) passed(?:, (\d+) skipped)? in ([\d.]+)s", line)
+        assert m and "failed" not in line and "error" not in line, (name, line)
+        return int(m[1]) + int(m[2] or 0), float(m[3])
+    readme, table = (ROOT / "README.md").read_text(), (ROOT / "docs/benchmarks.md").read_text()
+    fast, fast_s = last_line("fast-tier.txt")
+    whole, whole_s = last_line("whole-suite.txt")
+    assert f'python -m pytest -m "not e2e"   # the fast tier: {fast} tests in {fast_s:.0f} s,' in readme
+    assert f"python -m pytest                # the whole suite: {whole} tests in {whole_s / 60:.0f} min" in readme
+    assert f'| the fast tier (`-m "not e2e"`) | {fast} | {fast_s:.0f} s | |' in table
+    assert f"| the whole suite | {whole} | {whole_s:,.0f} s |" in table
