@@ -30,6 +30,9 @@ LIMIT = 900  # seconds device_run.sh may take here: 2 CPU cores start and compil
 # when other jobs hold them (the measurement gets 20 % of the budget); a run takes ~40 % of LIMIT
 SLACK = 6  # seconds past a budget that the checks allow: the interpreter's exit, tee
 no_gpu = pytest.mark.skipif(bool(nvidia_gpus()), reason="a GPU is visible here: nothing to refuse")
+# the rehearsal (a module fixture, built in whichever test runs first) is bounded by its own LIMIT, not by
+# pytest.ini's 300 s per test
+pytestmark = pytest.mark.timeout(LIMIT + 120)
 
 
 def write_wheel(folder, name, files):
