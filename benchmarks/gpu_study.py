@@ -565,10 +565,14 @@ def make_plan(study, params, todo):
 
 # --- 5. the entries, within the deadline --------------------------------------------------------------------
 
-def key(variant):
-    """relu+bn -> cifar10-relu-True-0, the grid entry's key (its stage name and file names)."""
+def entry(variant):
+    """relu+bn -> the grid entry cifar10-relu-True-0 (stages.entry.Entry: its key, stage names and file paths)."""
     from stages.entry import Entry
-    return Entry("cifar10", variant.removesuffix("+bn"), variant.endswith("+bn"), 0).key
+    return Entry("cifar10", variant.removesuffix("+bn"), variant.endswith("+bn"), 0)
+
+
+def key(variant):
+    return entry(variant).key
 
 
 def train_all(study, plan):
@@ -607,9 +611,9 @@ def start_stage(study, step, variant, n):
 
 def entry_done(study, v, wall, n):
     """One entry's metrics, timing and curves into --out."""
-    e = key(v)
-    summary = json.loads((study.work / f"models/grid/{e}.json").read_text())
-    metrics = json.loads((study.work / f"metrics/grid/{e}.json").read_text())
+    e, paths = key(v), entry(v).paths
+    summary = json.loads((study.work / paths["summary"]).read_text())
+    metrics = json.loads((study.work / paths["metrics"]).read_text())
     study.state["entries"][v] = {
         **metrics, "entry": e, "epochs": summary["epochs"], "epochs_of": study.state["study"]["epochs_of"],
         "epochs_note": study.epochs_note(), "images_per_second": summary["images_per_second"],
@@ -627,7 +631,7 @@ def add_curves(study, v, finished):
 
     from stages.cli import UserError
     from stages.report import read_curves
-    live = study.work / f"dvclive/grid/{key(v)}"
+    live = study.work / entry(v).paths["live"]
     try:  # a stopped entry may not have logged an epoch yet
         df = read_curves(live, f"train it again: dvc repro -f train@{key(v)}").assign(variant=v, finished=finished)
     except (UserError, FileNotFoundError):
