@@ -79,7 +79,7 @@ class EachEpoch(keras.callbacks.Callback):
                    f"{self.queued} model{'s' * (self.queued > 1)} not trained yet"
         print(msg, flush=True)
         if not self.on_gpu and left + self.queued * epoch * self.epochs > CPU_PATIENCE:
-            print(f"note: these are GPU-sized params; on a CPU, the study that ranks the variants in about 1.5 h "
+            print(f"note: these are GPU-sized params; on a CPU, the study that ranks the variants in about 2 h "
                   f"(README, \"The study on a CPU\"): {recipes.command('cpu-study')}", flush=True)
 
     def epoch_seconds(self, epoch, seconds):

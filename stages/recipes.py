@@ -3,7 +3,7 @@
 params.yaml holds the GPU study (width 1.0, 150 epochs: weeks on a CPU). On a CPU:
 - quick-look: ~6 min on 2 cores with bf16; a quarter of the width on 8,000 images for 4 epochs: the pipeline
   end to end, no ranking.
-- cpu-study: about 1.5 h on 2 cores with bf16 (docs/results/cifar10-cpu/): all 45,000 training images,
+- cpu-study: about 2 h on 2 cores with bf16 (docs/results/cifar10-cpu/): all 45,000 training images,
   10 epochs, 2 seeds: the variants separate.
 The step schedule is in fractions of training, so it scales with the epochs as it is.
 """
