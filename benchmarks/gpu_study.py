@@ -611,7 +611,8 @@ def start_stage(study, step, variant, n):
 
 def entry_done(study, v, wall, n):
     """One entry's metrics, timing and curves into --out."""
-    e, paths = key(v), entry(v).paths
+    ent = entry(v)
+    e, paths = ent.key, ent.paths
     summary = json.loads((study.work / paths["summary"]).read_text())
     metrics = json.loads((study.work / paths["metrics"]).read_text())
     study.state["entries"][v] = {
@@ -634,7 +635,7 @@ def add_curves(study, v, finished):
     live = study.work / entry(v).paths["live"]
     try:  # a stopped entry may not have logged an epoch yet
         df = read_curves(live, f"train it again: dvc repro -f train@{key(v)}").assign(variant=v, finished=finished)
-    except (UserError, FileNotFoundError):
+    except UserError:  # read_curves names no curve for a folder that is missing or empty
         return None
     old = study.curves[study.curves.variant != v] if study.curves is not None else None
     study.curves = pd.concat([old, df], ignore_index=True)
