@@ -11,6 +11,7 @@ peak of Python and numpy allocations alone. MB = 10^6 bytes. Goals: within 10 s,
 and within 1.5x the time `gzip -dc` takes to decompress the same archive, measured in the same run (the decoder
 reads the archive once: decompression is most of its work).
 """
+
 import argparse
 import hashlib
 import json
@@ -35,6 +36,7 @@ ARRAYS = (TRAIN + TEST) * (3072 + 8)  # x uint8 NHWC and y int64, train and test
 
 # --- the worker: one loader, one fresh process --------------------------------------------------------------
 
+
 def _status(field):
     for line in Path("/proc/self/status").read_text().splitlines():
         if line.startswith(field + ":"):
@@ -53,6 +55,7 @@ def _reset_peak():
 
 def load_ours(archive):
     from stages import cifar
+
     splits, _ = cifar.read(archive, "cifar10")
     return {"timing": {}}, (*splits["train"], *splits["test"])
 
@@ -60,6 +63,7 @@ def load_ours(archive):
 def load_keras(archive):
     """keras.datasets.cifar10.load_data after its download: extract (with the "data" filter), then load_batch."""
     from keras.src.datasets.cifar import load_batch
+
     with tempfile.TemporaryDirectory(prefix="keras-cifar-") as tmp:
         t = time.perf_counter()
         with tarfile.open(archive) as tar:
@@ -70,10 +74,15 @@ def load_keras(archive):
         y_train = np.empty((TRAIN,), dtype="uint8")
         n = TRAIN // 5
         for i in range(1, 6):
-            x_train[(i - 1) * n:i * n], y_train[(i - 1) * n:i * n] = load_batch(os.path.join(path, f"data_batch_{i}"))
+            x_train[(i - 1) * n : i * n], y_train[(i - 1) * n : i * n] = load_batch(
+                os.path.join(path, f"data_batch_{i}")
+            )
         x_test, y_test = load_batch(os.path.join(path, "test_batch"))
         y_train, y_test = np.reshape(y_train, (len(y_train), 1)), np.reshape(y_test, (len(y_test), 1))
-        x_train, x_test = x_train.transpose(0, 2, 3, 1), x_test.transpose(0, 2, 3, 1)  # channels_last, as a view
+        x_train, x_test = (
+            x_train.transpose(0, 2, 3, 1),
+            x_test.transpose(0, 2, 3, 1),
+        )  # channels_last, as a view
         load = time.perf_counter() - t - extract
     return {"timing": {"extract": extract, "load_batch": load}}, (x_train, y_train, x_test, y_test)
 
@@ -100,17 +109,30 @@ def worker(loader, archive, trace):
     for x, y in ((x_train, y_train), (x_test, y_test)):
         digest.update(np.ascontiguousarray(x).data)
         digest.update(np.asarray(y, np.int64).reshape(-1).data)
-    print(json.dumps({**info, "seconds": seconds, "rss_before": before, "rss_peak": peak, "traced_peak": traced,
-                      "peak_is_hwm": hwm, "max_before": max_before, "digest": digest.hexdigest(),
-                      "shapes": [list(np.shape(a)) for a in arrays]}))
+    print(
+        json.dumps(
+            {
+                **info,
+                "seconds": seconds,
+                "rss_before": before,
+                "rss_peak": peak,
+                "traced_peak": traced,
+                "peak_is_hwm": hwm,
+                "max_before": max_before,
+                "digest": digest.hexdigest(),
+                "shapes": [list(np.shape(a)) for a in arrays],
+            }
+        )
+    )
 
 
 # --- the driver ----------------------------------------------------------------------------------------------
 
+
 def run_worker(loader, archive, trace=False):
     args = [sys.executable, __file__, "--worker", loader, str(archive)] + (["--trace"] if trace else [])
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "PYTHONPATH": str(ROOT)}
-    p = subprocess.run(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    p = subprocess.run(args, capture_output=True, text=True, env=env)
     if p.returncode:
         sys.exit(f"{loader} failed:\n{p.stderr[-3000:]}")
     return json.loads(p.stdout.strip().splitlines()[-1])
@@ -137,13 +159,17 @@ def report(archive):
         r["traced_peak"] = run_worker(loader, archive, trace=True)["traced_peak"]
         results[loader] = r
     names = {"ours": "stages.cifar.read", "keras": "keras extract + load_batch"}
-    print(f"{'loader':28s} {'seconds':>8s} {'archive MB/s':>13s} {'array MB/s':>11s} "
-          f"{'peak RSS':>10s} {'/arrays':>8s} {'traced peak':>12s} {'/arrays':>8s}")
+    print(
+        f"{'loader':28s} {'seconds':>8s} {'archive MB/s':>13s} {'array MB/s':>11s} "
+        f"{'peak RSS':>10s} {'/arrays':>8s} {'traced peak':>12s} {'/arrays':>8s}"
+    )
     for loader, r in results.items():
         rss = r["rss_peak"] - r["rss_before"]
-        print(f"{names[loader]:28s} {r['seconds']:8.2f} {size / MB / r['seconds']:13.1f} "
-              f"{ARRAYS / MB / r['seconds']:11.1f} {rss / MB:8.0f} MB {rss / ARRAYS:7.2f}x "
-              f"{r['traced_peak'] / MB:9.0f} MB {r['traced_peak'] / ARRAYS:7.2f}x")
+        print(
+            f"{names[loader]:28s} {r['seconds']:8.2f} {size / MB / r['seconds']:13.1f} "
+            f"{ARRAYS / MB / r['seconds']:11.1f} {rss / MB:8.0f} MB {rss / ARRAYS:7.2f}x "
+            f"{r['traced_peak'] / MB:9.0f} MB {r['traced_peak'] / ARRAYS:7.2f}x"
+        )
         if r["timing"]:
             print(" " * 4 + ", ".join(f"{k} {v:.2f} s" for k, v in r["timing"].items()))
         if not r["peak_is_hwm"]:
@@ -154,17 +180,25 @@ def report(archive):
     rss = (ours["rss_peak"] - ours["rss_before"]) / ARRAYS
     gunzip = gzip_seconds(archive)
     ratio = ours["seconds"] / gunzip
-    print(f"gzip -dc: {gunzip:.2f} s (fastest of 3); stages.cifar.read / gzip -dc = {ratio:.2f}x "
-          f"(goal <= 1.5x: {'yes' if ratio <= 1.5 else 'NO'})")
-    print(f"goal: within 10 s: {'yes' if ours['seconds'] <= 10 else 'NO'} ({ours['seconds']:.2f} s); "
-          f"within 2x the arrays: {'yes' if rss <= 2 else 'NO'} ({rss:.2f}x peak RSS, "
-          f"{ours['traced_peak'] / ARRAYS:.2f}x traced)")
+    print(
+        f"gzip -dc: {gunzip:.2f} s (fastest of 3); stages.cifar.read / gzip -dc = {ratio:.2f}x "
+        f"(goal <= 1.5x: {'yes' if ratio <= 1.5 else 'NO'})"
+    )
+    print(
+        f"goal: within 10 s: {'yes' if ours['seconds'] <= 10 else 'NO'} ({ours['seconds']:.2f} s); "
+        f"within 2x the arrays: {'yes' if rss <= 2 else 'NO'} ({rss:.2f}x peak RSS, "
+        f"{ours['traced_peak'] / ARRAYS:.2f}x traced)"
+    )
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("archive", nargs="?", help="a python-layout CIFAR-10 archive (default: the one in "
-                        "data/raw/cifar10/, which prepare@cifar10 downloads)")
+    parser.add_argument(
+        "archive",
+        nargs="?",
+        help="a python-layout CIFAR-10 archive (default: the one in "
+        "data/raw/cifar10/, which prepare@cifar10 downloads)",
+    )
     parser.add_argument("--worker", choices=["ours", "keras"], help=argparse.SUPPRESS)
     parser.add_argument("--trace", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -172,9 +206,12 @@ def main():
         return worker(args.worker, args.archive, args.trace)
     archive = args.archive or next(iter(sorted((ROOT / "data/raw/cifar10").glob("*.tar*"))), None)
     if archive is None:
-        sys.exit("error: no archive given and none in data/raw/cifar10/; run `dvc repro prepare@cifar10` first or "
-                 "name one: python benchmarks/decode.py /path/cifar-10-python.tar.gz")
+        sys.exit(
+            "error: no archive given and none in data/raw/cifar10/; run `dvc repro prepare@cifar10` first or "
+            "name one: python benchmarks/decode.py /path/cifar-10-python.tar.gz"
+        )
     report(archive)
+
 
 if __name__ == "__main__":
     main()

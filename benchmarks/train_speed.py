@@ -21,6 +21,7 @@ is the best GFLOP/s of tf.matmul on square matrices of the same dtype, n^3 close
 variant, so that a shared machine's load hits both sides of "of ceiling" = model GFLOP/s / ceiling GFLOP/s
 (the ceiling measured right after the variant).
 """
+
 import argparse
 import os
 import sys
@@ -34,18 +35,23 @@ sys.path.insert(0, str(ROOT))
 import numpy as np  # noqa: E402
 
 PRECISIONS = ("float32", "mixed_bfloat16")
-DTYPES = {"float32": lambda tf: tf.float32, "mixed_bfloat16": lambda tf: tf.bfloat16}  # the matmul ceiling's dtype
+DTYPES = {
+    "float32": lambda tf: tf.float32,
+    "mixed_bfloat16": lambda tf: tf.bfloat16,
+}  # the matmul ceiling's dtype
 
 
 def model_params(width):
     """params.yaml's model section (dropout, slopes: the study's recipe) at another width."""
     from stages.params import parse
+
     return {**parse(ROOT / "params.yaml")["model"], "width": width}
 
 
 def conv_gemms(model, batch):
     """(M, K, N) of every Conv2D as a GEMM for one batch."""
     from keras import layers
+
     out = []
     for layer in model.layers:
         if isinstance(layer, layers.Conv2D):
@@ -67,18 +73,21 @@ def matmul_ceiling(n, dtype, tf, repeats=5):
         t0 = time.perf_counter()
         mm(a, b).numpy()  # .numpy() waits for the result
         best = min(best, time.perf_counter() - t0)
-    return 2 * n ** 3 / best / 1e9, best
+    return 2 * n**3 / best / 1e9, best
 
 
 def time_variant(activation, batch_norm, precision, args, keras, tf):
     from stages.model import make_net
+
     keras.mixed_precision.set_dtype_policy(precision)
     keras.utils.set_random_seed(0)
     try:
-        model = make_net(10, activation, batch_norm, model_params(args.width), 1e-3,
-                         np.full(3, 120.0), np.full(3, 4000.0))
-        model.compile(keras.optimizers.SGD(0.01, momentum=0.9), "sparse_categorical_crossentropy",
-                      metrics=["accuracy"])
+        model = make_net(
+            10, activation, batch_norm, model_params(args.width), 1e-3, np.full(3, 120.0), np.full(3, 4000.0)
+        )
+        model.compile(
+            keras.optimizers.SGD(0.01, momentum=0.9), "sparse_categorical_crossentropy", metrics=["accuracy"]
+        )
         rng = np.random.default_rng(0)
         x = tf.constant(rng.uniform(0, 255, (args.batch, 32, 32, 3)).astype(np.float32))
         y = tf.constant(rng.integers(0, 10, args.batch))
@@ -104,10 +113,16 @@ def parse_args():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--width", type=float, default=1.0, help="channel multiplier (1.0 = 96/192 channels)")
     ap.add_argument("--batch", type=int, default=128)
-    ap.add_argument("--steps", type=int, default=3, help="timed training steps per variant (the fastest is reported)")
+    ap.add_argument(
+        "--steps", type=int, default=3, help="timed training steps per variant (the fastest is reported)"
+    )
     ap.add_argument("--warmup", type=int, default=2, help="untimed steps first (tracing, allocation); >= 1")
-    ap.add_argument("--slow", type=float, default=20.0,
-                    help="seconds: a variant whose first step takes longer is timed on one more step only")
+    ap.add_argument(
+        "--slow",
+        type=float,
+        default=20.0,
+        help="seconds: a variant whose first step takes longer is timed on one more step only",
+    )
     ap.add_argument("--activations", nargs="+", default=["relu", "lrelu", "prelu", "elu"])
     ap.add_argument("--batch-norm", nargs="+", default=["false", "true"], choices=["false", "true"])
     ap.add_argument("--precisions", nargs="+", default=list(PRECISIONS), choices=PRECISIONS)
@@ -121,19 +136,34 @@ def describe(args, keras, tf):
     """Prints the machine and the net's FLOPs; returns (training FLOPs per image, the ceiling's matmul size)."""
     from stages.backend import accelerators, choose_precision
     from stages.model import make_net
+
     probe = make_net(10, "relu", False, model_params(args.width), 1e-3, np.zeros(3), np.ones(3))
     gemms = conv_gemms(probe, args.batch)
     forward_macs = sum(m * k * n for m, k, n in gemms) / args.batch
     m, k, n = max(gemms, key=lambda g: g[0] * g[1] * g[2])
     size = max(256, int(round((m * k * n) ** (1 / 3) / 128)) * 128)
     gpus = tf.config.list_physical_devices("GPU")
-    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                if line.startswith("model name")), "?") if Path("/proc/cpuinfo").exists() else "?"
-    print(f"device: {gpus[0].name if gpus else 'cpu'} ({cpu}, {os.cpu_count()} cores); TF {tf.__version__}, "
-          f"Keras {keras.__version__}; precision auto -> {choose_precision('auto', accelerators())}")
-    print(f"ALL-CNN-C width {args.width}: {probe.count_params():,} parameters (relu, no BN); "
-          f"forward {forward_macs / 1e6:.1f} M MACs/image; training {6 * forward_macs / 1e9:.3f} GFLOP/image "
-          f"(3 x forward, convs only); batch {args.batch}")
+    cpu = (
+        next(
+            (
+                line.split(":", 1)[1].strip()
+                for line in Path("/proc/cpuinfo").read_text().splitlines()
+                if line.startswith("model name")
+            ),
+            "?",
+        )
+        if Path("/proc/cpuinfo").exists()
+        else "?"
+    )
+    print(
+        f"device: {gpus[0].name if gpus else 'cpu'} ({cpu}, {os.cpu_count()} cores); TF {tf.__version__}, "
+        f"Keras {keras.__version__}; precision auto -> {choose_precision('auto', accelerators())}"
+    )
+    print(
+        f"ALL-CNN-C width {args.width}: {probe.count_params():,} parameters (relu, no BN); "
+        f"forward {forward_macs / 1e6:.1f} M MACs/image; training {6 * forward_macs / 1e9:.3f} GFLOP/image "
+        f"(3 x forward, convs only); batch {args.batch}"
+    )
     print(f"largest conv GEMM (M, K, N) = ({m}, {k}, {n}); matmul ceiling on {size} x {size} x {size}:")
     return 6 * forward_macs, size
 
@@ -150,22 +180,43 @@ def time_variants(args, keras, tf, flops_per_image, size, ceiling):
                 gflops = images * flops_per_image / 1e9
                 now, _ = matmul_ceiling(size, DTYPES[precision](tf), tf, repeats=3)
                 ceiling[precision] = max(ceiling[precision], now)
-                rows.append((activation, bn, precision, model.count_params(), step * 1e3, images, gflops, now,
-                             gflops / now))
-                print(f"  {activation:6s} bn={bn:5s} {precision:15s} {images:8.1f} images/s, ceiling now "
-                      f"{now:.1f} GFLOP/s ({time.perf_counter() - t0:.0f} s incl. warm-up)", flush=True)
+                rows.append(
+                    (
+                        activation,
+                        bn,
+                        precision,
+                        model.count_params(),
+                        step * 1e3,
+                        images,
+                        gflops,
+                        now,
+                        gflops / now,
+                    )
+                )
+                print(
+                    f"  {activation:6s} bn={bn:5s} {precision:15s} {images:8.1f} images/s, ceiling now "
+                    f"{now:.1f} GFLOP/s ({time.perf_counter() - t0:.0f} s incl. warm-up)",
+                    flush=True,
+                )
     return rows
 
 
 def print_table(rows, ceiling):
-    head = f"{'activation':10s} {'BN':5s} {'precision':15s} {'params':>10s} {'ms/step':>9s} {'images/s':>9s} " \
-           f"{'GFLOP/s':>8s} {'ceiling':>8s} {'of ceiling':>10s}"
+    head = (
+        f"{'activation':10s} {'BN':5s} {'precision':15s} {'params':>10s} {'ms/step':>9s} {'images/s':>9s} "
+        f"{'GFLOP/s':>8s} {'ceiling':>8s} {'of ceiling':>10s}"
+    )
     print("\n" + head + "\n" + "-" * len(head))
     for act, bn, precision, params, ms, images, gflops, now, ratio in rows:
-        print(f"{act:10s} {bn:5s} {precision:15s} {params:10,d} {ms:9.1f} {images:9.1f} {gflops:8.1f} "
-              f"{now:8.1f} {ratio:10.1%}")
-    print("best matmul ceiling in this run: " + ", ".join(f"{p} {c:.1f} GFLOP/s" for p, c in ceiling.items())
-          + f"; load average {os.getloadavg()[0]:.2f} on {os.cpu_count()} cores")
+        print(
+            f"{act:10s} {bn:5s} {precision:15s} {params:10,d} {ms:9.1f} {images:9.1f} {gflops:8.1f} "
+            f"{now:8.1f} {ratio:10.1%}"
+        )
+    print(
+        "best matmul ceiling in this run: "
+        + ", ".join(f"{p} {c:.1f} GFLOP/s" for p, c in ceiling.items())
+        + f"; load average {os.getloadavg()[0]:.2f} on {os.cpu_count()} cores"
+    )
 
 
 def main():
@@ -173,14 +224,18 @@ def main():
     os.environ.setdefault("KERAS_BACKEND", "tensorflow")  # this benchmark times TensorFlow's kernels
     import keras
     import tensorflow as tf
+
     tf.config.experimental.enable_op_determinism()  # as stages/train.py runs
     flops_per_image, size = describe(args, keras, tf)
     ceiling = {}
     for precision in args.precisions:
         ceiling[precision], secs = matmul_ceiling(size, DTYPES[precision](tf), tf)
         print(f"  {precision:15s} {ceiling[precision]:8.1f} GFLOP/s  ({secs * 1e3:.1f} ms per matmul)")
-    print(f"timing {args.warmup} warm-up + {args.steps} timed steps per variant (fastest); load average "
-          f"{os.getloadavg()[0]:.2f}", flush=True)
+    print(
+        f"timing {args.warmup} warm-up + {args.steps} timed steps per variant (fastest); load average "
+        f"{os.getloadavg()[0]:.2f}",
+        flush=True,
+    )
     print_table(time_variants(args, keras, tf, flops_per_image, size, ceiling), ceiling)
 
 

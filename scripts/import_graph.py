@@ -6,6 +6,7 @@ tests/test_structure.py holds the project to it: no cycle, and every dvc.yaml st
 stages/ module its command runs (transitively), since DVC reruns a stage, and the train stage's checkpoint
 fingerprint changes, only for the files listed there.
 """
+
 import ast
 from pathlib import Path
 
@@ -27,7 +28,9 @@ def imports(path):
 
 def graph(root=ROOT):
     """{module: the stages modules it imports} for every module under stages/."""
-    return {f"stages.{p.stem}": imports(p) for p in sorted((root / "stages").glob("*.py")) if p.stem != "__init__"}
+    return {
+        f"stages.{p.stem}": imports(p) for p in sorted((root / "stages").glob("*.py")) if p.stem != "__init__"
+    }
 
 
 def closure(g, module):

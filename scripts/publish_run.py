@@ -9,6 +9,7 @@ results/grid/*.json (confusion matrix, every test image's label and prediction),
 went) and dvclive/grid/ (per-epoch curves). Not copied: the .keras weights (DVC's cache and remotes hold them),
 the data, and the report of the workspace (made again here).
 """
+
 import argparse
 import shutil
 import subprocess

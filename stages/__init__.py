@@ -1,4 +1,5 @@
 """One module per DVC stage (check = params, prepare, train, evaluate, report) and the helpers they share."""
+
 import os
 
 # Quiet start-up: TensorFlow's C++ and absl lines, and the `failed call to cuInit` error that a CPU-only

@@ -3,6 +3,7 @@ several accelerators. Everything backend-specific in the project is here; the re
 
 select() must run before the first `import keras` (params.load() calls it): Keras reads KERAS_BACKEND once.
 """
+
 import importlib.util
 import os
 import re
@@ -17,13 +18,17 @@ def select(backend):
     """Makes Keras use `backend`; refuses an environment that asks for another one."""
     env = os.environ.get("KERAS_BACKEND")
     if env and env != backend:
-        raise UserError(f"params.yaml: train.backend = {backend!r} but the environment has KERAS_BACKEND={env}; "
-                        f"unset KERAS_BACKEND, or set the param: dvc exp run -S train.backend={env}")
+        raise UserError(
+            f"params.yaml: train.backend = {backend!r} but the environment has KERAS_BACKEND={env}; "
+            f"unset KERAS_BACKEND, or set the param: dvc exp run -S train.backend={env}"
+        )
     if "keras" in sys.modules and sys.modules["keras"].backend.backend() != backend:
         raise UserError(f"train.backend = {backend!r}: Keras was already imported with another backend")
     if importlib.util.find_spec(backend) is None:
-        raise UserError(f"params.yaml: train.backend = {backend!r}, but the {backend} package is not installed; "
-                        f"`pip install -r requirements.txt`, or set train.backend to one that is")
+        raise UserError(
+            f"params.yaml: train.backend = {backend!r}, but the {backend} package is not installed; "
+            f"`pip install -r requirements.txt`, or set train.backend to one that is"
+        )
     os.environ["KERAS_BACKEND"] = backend
     if backend == "jax":
         # one GPU shared by several training processes: take memory as needed, not 75 % up front
@@ -33,17 +38,28 @@ def select(backend):
 def accelerators():
     """[(name, compute capability "8.0" or None)] of the GPUs the backend sees; [] on a CPU-only machine."""
     import keras
+
     if keras.backend.backend() == "jax":
         import jax
-        return [(d.device_kind, getattr(d, "compute_capability", None)) for d in jax.devices() if d.platform == "gpu"]
+
+        return [
+            (d.device_kind, getattr(d, "compute_capability", None))
+            for d in jax.devices()
+            if d.platform == "gpu"
+        ]
     import tensorflow as tf
+
     gpus = tf.config.list_physical_devices("GPU")
     details = [tf.config.experimental.get_device_details(g) for g in gpus]
-    return [(d.get("device_name", g.name), ".".join(map(str, d.get("compute_capability", ()))) or None)
-            for g, d in zip(gpus, details)]
+    return [
+        (d.get("device_name", g.name), ".".join(map(str, d.get("compute_capability", ()))) or None)
+        for g, d in zip(gpus, details)
+    ]
 
 
-GPU_FIX = "pip install -r requirements-gpu.txt (TensorFlow's and JAX's CUDA wheels; see the README's GPU section)"
+GPU_FIX = (
+    "pip install -r requirements-gpu.txt (TensorFlow's and JAX's CUDA wheels; see the README's GPU section)"
+)
 
 
 def nvidia_gpus():
@@ -65,9 +81,11 @@ def unused_gpu_warning(listed, seen, backend, visible=None):
     None too when CUDA_VISIBLE_DEVICES (`visible`) hides the GPUs on purpose."""
     if not listed or seen or visible in ("", "-1"):
         return None
-    return (f"warning: nvidia-smi lists {listed[0]}{f' and {len(listed) - 1} more' if len(listed) > 1 else ''} but "
-            f"Keras' {backend} backend sees no GPU, so this trains on the CPU (days at the default sizes); stop "
-            f"it and {GPU_FIX}")
+    return (
+        f"warning: nvidia-smi lists {listed[0]}{f' and {len(listed) - 1} more' if len(listed) > 1 else ''} but "
+        f"Keras' {backend} backend sees no GPU, so this trains on the CPU (days at the default sizes); stop "
+        f"it and {GPU_FIX}"
+    )
 
 
 def cpu_has_bf16():
@@ -80,6 +98,7 @@ def choose_precision(precision, gpus):
     on CPUs bf16 only where the CPU computes it (AVX-512 BF16 or AMX) under TensorFlow, whose oneDNN kernels were
     measured 1.7x faster in bf16 there; JAX's CPU backend was not measured in bf16, so it keeps float32."""
     import keras
+
     if precision != "auto":
         return precision
     if gpus:
@@ -95,9 +114,15 @@ def configure(precision, seed):
     import contextlib
 
     import keras
+
     gpus = accelerators()
-    warning = None if gpus else unused_gpu_warning(nvidia_gpus(), gpus, keras.backend.backend(),
-                                                   os.environ.get("CUDA_VISIBLE_DEVICES"))
+    warning = (
+        None
+        if gpus
+        else unused_gpu_warning(
+            nvidia_gpus(), gpus, keras.backend.backend(), os.environ.get("CUDA_VISIBLE_DEVICES")
+        )
+    )
     if warning:
         print(warning, file=sys.stderr, flush=True)
     precision = choose_precision(precision, gpus)
@@ -106,6 +131,7 @@ def configure(precision, seed):
     scope = contextlib.nullcontext()
     if keras.backend.backend() == "tensorflow":
         import tensorflow as tf
+
         tf.config.experimental.enable_op_determinism()
         if len(gpus) > 1:
             scope = tf.distribute.MirroredStrategy().scope()

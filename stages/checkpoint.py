@@ -6,6 +6,7 @@ backend, the prepared data's sha256 and the sha256 of every source file the trai
 changed since the kill: start over, as dvc.lock records the new code). A checkpoint whose weights' checksum,
 epoch count or optimizer step count disagrees with its history is damaged: never loaded.
 """
+
 import errno
 import json
 import shutil
@@ -39,8 +40,12 @@ def _intact(d, fingerprint, model, steps_per_epoch):
     """The history of checkpoint folder d if it is whole and consistent (and the model then holds its weights)."""
     meta = json.loads((d / "history.json").read_text())
     epoch, history = meta["epoch"], meta["history"]
-    if sha256(d / "model.weights.h5") != meta["weights_sha256"] or d.name != f"epoch-{epoch:04d}" \
-            or len(history) != epoch or not 0 < epoch <= fingerprint["train"]["epochs"]:
+    if (
+        sha256(d / "model.weights.h5") != meta["weights_sha256"]
+        or d.name != f"epoch-{epoch:04d}"
+        or len(history) != epoch
+        or not 0 < epoch <= fingerprint["train"]["epochs"]
+    ):
         return None
     model.load_weights(d / "model.weights.h5")  # model and optimizer (momentum, step count)
     if int(np.asarray(model.optimizer.iterations)) != epoch * steps_per_epoch:
@@ -70,14 +75,18 @@ def resume(ckpt_dir, fingerprint, build, steps_per_epoch):
         if history is not None:
             print(f"resuming after epoch {len(history)} from {d}", flush=True)
             return model, len(history), history
-        print(f"warning: {d} is damaged (checksum, epoch count or step count disagree); ignoring it", flush=True)
+        print(
+            f"warning: {d} is damaged (checksum, epoch count or step count disagree); ignoring it", flush=True
+        )
         model = build()  # it may hold part of the damaged checkpoint
     return model, 0, []
 
 
 def newest(ckpt_dir):
     """The epoch of the newest checkpoint written whole (atomic_path renames a finished one into place); 0: none."""
-    return max((int(d.name.split("-")[1]) for d in Path(ckpt_dir).glob("epoch-[0-9]*") if d.is_dir()), default=0)
+    return max(
+        (int(d.name.split("-")[1]) for d in Path(ckpt_dir).glob("epoch-[0-9]*") if d.is_dir()), default=0
+    )
 
 
 def weights(ckpt_dir, epoch):
@@ -87,8 +96,10 @@ def weights(ckpt_dir, epoch):
 def _room_for(ckpt_dir, model):
     """Refuses (ENOSPC, one line through stages.cli) a checkpoint the disk cannot hold: h5py, out of space in
     the middle of a file, raised from its destructors and then crashed the interpreter (a segmentation fault)."""
-    need = 2 * sum(int(np.prod(v.shape)) * np.dtype(v.dtype).itemsize
-                   for v in [*model.variables, *model.optimizer.variables]) + (1 << 20)
+    need = 2 * sum(
+        int(np.prod(v.shape)) * np.dtype(v.dtype).itemsize
+        for v in [*model.variables, *model.optimizer.variables]
+    ) + (1 << 20)
     free = shutil.disk_usage(ckpt_dir).free
     if free < need:
         raise OSError(errno.ENOSPC, f"{free} bytes free, a checkpoint needs about {need}", str(ckpt_dir))
@@ -97,12 +108,20 @@ def _room_for(ckpt_dir, model):
 def save(ckpt_dir, model, history):
     """Checkpoint of the epoch just finished (len(history)); older ones beyond KEEP are removed."""
     import keras
+
     _room_for(ckpt_dir, model)
     epoch = len(history)
     with atomic_path(ckpt_dir / f"epoch-{epoch:04d}", directory=True) as d:
         model.save_weights(d / "model.weights.h5")
-        (d / "history.json").write_text(json.dumps(
-            {"epoch": epoch, "weights_sha256": sha256(d / "model.weights.h5"), "history": history,
-             "seed_states": [keras.ops.convert_to_numpy(v).tolist() for v in seed_states(model)]}))
+        (d / "history.json").write_text(
+            json.dumps(
+                {
+                    "epoch": epoch,
+                    "weights_sha256": sha256(d / "model.weights.h5"),
+                    "history": history,
+                    "seed_states": [keras.ops.convert_to_numpy(v).tolist() for v in seed_states(model)],
+                }
+            )
+        )
     for old in sorted(ckpt_dir.glob("epoch-*"))[:-KEEP]:
         shutil.rmtree(old)

@@ -9,6 +9,7 @@ The archive is read in one streaming pass (gzip, bz2 and xz of any number of mem
 nothing is extracted to disk, every size is bounded by what the official layouts hold, and read() returns
 only after the whole archive was checked, so a caller writes nothing for a bad archive.
 """
+
 import bz2
 import contextlib
 import gzip
@@ -52,8 +53,10 @@ LAYOUTS = {
         "binary": {
             "train": ["cifar-100-binary/train.bin"],
             "test": ["cifar-100-binary/test.bin"],
-            "meta": {"fine": "cifar-100-binary/fine_label_names.txt",
-                     "coarse": "cifar-100-binary/coarse_label_names.txt"},
+            "meta": {
+                "fine": "cifar-100-binary/fine_label_names.txt",
+                "coarse": "cifar-100-binary/coarse_label_names.txt",
+            },
         },
     },
 }
@@ -63,10 +66,16 @@ NUM_CLASSES = {("cifar10", "fine"): 10, ("cifar100", "fine"): 100, ("cifar100", 
 # --- size bounds: what the official layouts can hold, so that a hostile archive is refused early and cheaply ---
 
 # images in one member: cifar-10 has 10,000 per batch; cifar-100 50,000 train and 10,000 test in one member each
-MAX_IMAGES = {("cifar10", "train"): 10_000, ("cifar10", "test"): 10_000,
-              ("cifar100", "train"): 50_000, ("cifar100", "test"): 10_000}
+MAX_IMAGES = {
+    ("cifar10", "train"): 10_000,
+    ("cifar10", "test"): 10_000,
+    ("cifar100", "train"): 50_000,
+    ("cifar100", "test"): 10_000,
+}
 LABEL_BYTES = {"cifar10": 1, "cifar100": 2}  # per binary record
-PICKLE_SLACK = 256  # bytes per image besides its pixels in a python batch (labels, file names, opcodes; official: ~32)
+PICKLE_SLACK = (
+    256  # bytes per image besides its pixels in a python batch (labels, file names, opcodes; official: ~32)
+)
 META_MAX = 1 << 16  # a class-names member (official: < 2 KB)
 OTHER_MAX = 1 << 20  # any other member (official: readme.html, 88 bytes)
 NAME_MAX = 64  # characters of a class name (official: at most 22)
@@ -79,8 +88,11 @@ def _member_limits():
         for layout_name, layout in layouts.items():
             for split in SPLITS:
                 n = MAX_IMAGES[dataset, split]
-                size = n * (PIXELS + PICKLE_SLACK) + META_MAX if layout_name == "python" else \
-                    n * (PIXELS + LABEL_BYTES[dataset])
+                size = (
+                    n * (PIXELS + PICKLE_SLACK) + META_MAX
+                    if layout_name == "python"
+                    else n * (PIXELS + LABEL_BYTES[dataset])
+                )
                 limits.update(dict.fromkeys(layout[split], size))
             meta = layout["meta"]
             limits.update(dict.fromkeys(meta.values() if isinstance(meta, dict) else [meta], META_MAX))
@@ -89,11 +101,14 @@ def _member_limits():
 
 MEMBER_MAX = _member_limits()
 # the whole decompressed tar: the largest layout's members plus room for headers, small files and padding
-STREAM_MAX = max(sum(MEMBER_MAX[m] for s in SPLITS for m in lay[s]) for ls in LAYOUTS.values()
-                 for lay in ls.values()) + 64 * OTHER_MAX
+STREAM_MAX = (
+    max(sum(MEMBER_MAX[m] for s in SPLITS for m in lay[s]) for ls in LAYOUTS.values() for lay in ls.values())
+    + 64 * OTHER_MAX
+)
 
 
 # --- the restricted unpickler ----------------------------------------------------------------------------------
+
 
 class _NdarrayName:
     """numpy.ndarray as a pickle names it: _reconstruct's first argument, never called (a direct call builds an
@@ -122,12 +137,21 @@ def _array_state(state):
     ok = isinstance(state, tuple) and len(state) == 5
     if ok:
         _, shape, dtype, _, data = state
-        ok = (isinstance(shape, tuple) and len(shape) <= 4 and all(type(n) is int and n >= 0 for n in shape)
-              and isinstance(dtype, np.dtype) and dtype.kind in "biuf" and dtype.subdtype is None
-              and dtype.names is None and isinstance(data, bytes)
-              and math.prod(shape) * dtype.itemsize == len(data))
+        ok = (
+            isinstance(shape, tuple)
+            and len(shape) <= 4
+            and all(type(n) is int and n >= 0 for n in shape)
+            and isinstance(dtype, np.dtype)
+            and dtype.kind in "biuf"
+            and dtype.subdtype is None
+            and dtype.names is None
+            and isinstance(data, bytes)
+            and math.prod(shape) * dtype.itemsize == len(data)
+        )
     if not ok:
-        raise pickle.UnpicklingError("refused array state (only plain numeric arrays whose bytes match their shape)")
+        raise pickle.UnpicklingError(
+            "refused array state (only plain numeric arrays whose bytes match their shape)"
+        )
     return state
 
 
@@ -149,9 +173,12 @@ class _NumpyOnlyUnpickler(pickle._Unpickler):
     dtypes. The pure-Python unpickler: its memo is a dict, where the C one allocates up to the largest memo
     index a pickle names (4 GB for a 9-byte pickle)."""
 
-    GLOBALS = {("numpy.core.multiarray", "_reconstruct"): _reconstruct,
-               ("numpy._core.multiarray", "_reconstruct"): _reconstruct,
-               ("numpy", "ndarray"): _NDARRAY, ("numpy", "dtype"): _dtype}
+    GLOBALS = {
+        ("numpy.core.multiarray", "_reconstruct"): _reconstruct,
+        ("numpy._core.multiarray", "_reconstruct"): _reconstruct,
+        ("numpy", "ndarray"): _NDARRAY,
+        ("numpy", "dtype"): _dtype,
+    }
 
     def find_class(self, module, name):
         if (module, name) not in self.GLOBALS:
@@ -181,10 +208,21 @@ class _StrictTarInfo(tarfile.TarInfo):
     quadratic regex (CVE-2024-6232), hours of CPU for one 1 MB header."""
 
     def _proc_member(self, tarfile_):
-        if self.type in (tarfile.XHDTYPE, tarfile.XGLTYPE, tarfile.SOLARIS_XHDTYPE, tarfile.GNUTYPE_LONGNAME,
-                         tarfile.GNUTYPE_LONGLINK) and self.size > EXTENDED_MAX:
-            raise _Refused(f"an extended tar header of {self.size} bytes (pax or GNU long name), more than the "
-                           f"{EXTENDED_MAX} any CIFAR archive needs")
+        if (
+            self.type
+            in (
+                tarfile.XHDTYPE,
+                tarfile.XGLTYPE,
+                tarfile.SOLARIS_XHDTYPE,
+                tarfile.GNUTYPE_LONGNAME,
+                tarfile.GNUTYPE_LONGLINK,
+            )
+            and self.size > EXTENDED_MAX
+        ):
+            raise _Refused(
+                f"an extended tar header of {self.size} bytes (pax or GNU long name), more than the "
+                f"{EXTENDED_MAX} any CIFAR archive needs"
+            )
         return super()._proc_member(tarfile_)
 
     @classmethod
@@ -205,8 +243,10 @@ class _Bounded:
         data = self.f.read(n)
         self.total += len(data)
         if self.total > STREAM_MAX:
-            raise UserError(f"{self.path}: refused: it decompresses to more than {STREAM_MAX / 1e6:.0f} MB, more "
-                            f"than any CIFAR archive holds; use the official archive")
+            raise UserError(
+                f"{self.path}: refused: it decompresses to more than {STREAM_MAX / 1e6:.0f} MB, more "
+                f"than any CIFAR archive holds; use the official archive"
+            )
         return data
 
 
@@ -255,8 +295,11 @@ class _ReadAhead:
 
 
 # compressions by magic bytes; each module's file object reads every member (gzip) or stream (bz2, xz) in turn
-DECOMPRESS = ((b"\x1f\x8b", lambda f: gzip.GzipFile(fileobj=f, mode="rb")), (b"BZh", bz2.BZ2File),
-              (b"\xfd7zXZ\x00", lzma.LZMAFile))
+DECOMPRESS = (
+    (b"\x1f\x8b", lambda f: gzip.GzipFile(fileobj=f, mode="rb")),
+    (b"BZh", bz2.BZ2File),
+    (b"\xfd7zXZ\x00", lzma.LZMAFile),
+)
 STREAM_ERRORS = (tarfile.TarError, EOFError, OSError, zlib.error, lzma.LZMAError)
 
 
@@ -274,8 +317,10 @@ class Archive:
         except _Refused as e:
             raise UserError(f"{self.path}: refused: {e}; use the official archive") from None
         except STREAM_ERRORS as e:
-            raise UserError(f"{self.path}: not a readable tar archive ({' '.join(str(e).split())}); "
-                            f"delete it and download it again") from None
+            raise UserError(
+                f"{self.path}: not a readable tar archive ({' '.join(str(e).split())}); "
+                f"delete it and download it again"
+            ) from None
 
     @contextlib.contextmanager
     def _tar(self):
@@ -288,8 +333,13 @@ class Archive:
                     f = stack.enter_context(opener(f))
                     f = stack.enter_context(contextlib.closing(_ReadAhead(f)))
             # "r|": a stream, never seeking back; 1 MB reads
-            yield self._guard(tarfile.open, fileobj=_Bounded(f, self.path), mode="r|", bufsize=1 << 20,
-                              tarinfo=_StrictTarInfo)
+            yield self._guard(
+                tarfile.open,
+                fileobj=_Bounded(f, self.path),
+                mode="r|",
+                bufsize=1 << 20,
+                tarinfo=_StrictTarInfo,
+            )
 
     def stream(self, wanted):
         """Yields (name, bytes) of the members named in wanted, in archive order."""
@@ -301,26 +351,35 @@ class Archive:
             # tar ends at its first zero block; what follows must be zero padding (gzip: read to the last CRC)
             while chunk := self._guard(tar.fileobj.read, 1 << 20):
                 if chunk.strip(b"\0"):
-                    raise UserError(f"{self.path}: data after the end of the tar archive (several archives "
-                                    f"concatenated?); use the official archive")
+                    raise UserError(
+                        f"{self.path}: data after the end of the tar archive (several archives "
+                        f"concatenated?); use the official archive"
+                    )
 
     def _check(self, m):
         """The member's name, normalised (`a//b`, `./a/./b` and `a/b/` are all `a/b`: one name for what tar,
         Keras and this reader would each take), after the member's type, path and size were checked."""
         name, path = posixpath.normpath(m.name).removeprefix("./"), self.path
         if m.name.startswith("/") or ".." in m.name.split("/"):
-            raise UserError(f"{path}: refused member {m.name!r}: absolute or '..' path; use the official archive")
+            raise UserError(
+                f"{path}: refused member {m.name!r}: absolute or '..' path; use the official archive"
+            )
         if not (m.isfile() or m.isdir()):
-            raise UserError(f"{path}: refused member {m.name!r}: links and devices are not allowed; "
-                            f"use the official archive")
+            raise UserError(
+                f"{path}: refused member {m.name!r}: links and devices are not allowed; "
+                f"use the official archive"
+            )
         if m.isfile():
             if name in self.names:
-                raise UserError(f"{path}: refused member {m.name!r}: it appears more than once; "
-                                f"use the official archive")
+                raise UserError(
+                    f"{path}: refused member {m.name!r}: it appears more than once; use the official archive"
+                )
             limit = MEMBER_MAX.get(name, OTHER_MAX)
             if m.size > limit:
-                raise UserError(f"{path}: refused member {m.name!r}: {m.size} bytes, more than the {limit} "
-                                f"it can hold in an official CIFAR archive; use the official archive")
+                raise UserError(
+                    f"{path}: refused member {m.name!r}: {m.size} bytes, more than the {limit} "
+                    f"it can hold in an official CIFAR archive; use the official archive"
+                )
             self.names.add(name)
         return name
 
@@ -330,13 +389,19 @@ def detect_layout(archive, dataset):
     for name, layout in LAYOUTS[dataset].items():
         if layout["train"][0] in archive.names:
             return name
-    others = [d for d, ls in LAYOUTS.items() if d != dataset
-              for lay in ls.values() if lay["train"][0] in archive.names]
+    others = [
+        d
+        for d, ls in LAYOUTS.items()
+        if d != dataset
+        for lay in ls.values()
+        if lay["train"][0] in archive.names
+    ]
     hint = f" (it looks like {others[0]}: check data.{dataset}.url)" if others else ""
     raise UserError(f"{archive.path}: not a {dataset} archive in the python or binary layout{hint}")
 
 
 # --- decoding one member ----------------------------------------------------------------------------------------
+
 
 def _what(v):
     """A short description of a value found where another was expected (never the repr of a huge object)."""
@@ -351,8 +416,10 @@ def _unpickle(where, raw, *keys):
         d = _NumpyOnlyUnpickler(io.BytesIO(raw), encoding="bytes").load()
         return [d[k] for k in keys]
     except Exception as e:  # a hostile or damaged pickle can raise almost anything
-        raise UserError(f"{where}: not a CIFAR pickle with keys {[k.decode() for k in keys]} "
-                        f"({type(e).__name__}: {' '.join(str(e).split())[:200]}); use the official archive") from None
+        raise UserError(
+            f"{where}: not a CIFAR pickle with keys {[k.decode() for k in keys]} "
+            f"({type(e).__name__}: {' '.join(str(e).split())[:200]}); use the official archive"
+        ) from None
 
 
 def _labels(where, y):
@@ -362,7 +429,7 @@ def _labels(where, y):
         return y.astype(np.int64)
     if not isinstance(y, list):
         found = _what(y)
-    elif (bad := [v for v in y if type(v) is not int]):
+    elif bad := [v for v in y if type(v) is not int]:
         found = _what(bad[0])
     else:
         try:
@@ -375,7 +442,9 @@ def _labels(where, y):
 def _decode_python(where, raw, label_key):
     x, y = _unpickle(where, raw, b"data", label_key)
     if not (isinstance(x, _Array) and x.dtype == np.uint8 and x.ndim == 2 and x.shape[1] == PIXELS):
-        raise UserError(f"{where}: images must be {PIXELS} uint8 bytes each, got {_what(x)}; use the official archive")
+        raise UserError(
+            f"{where}: images must be {PIXELS} uint8 bytes each, got {_what(x)}; use the official archive"
+        )
     return x.view(np.ndarray), _labels(where, y)
 
 
@@ -383,8 +452,10 @@ def _decode_binary(where, raw, label_offset, label_bytes):
     raw = np.frombuffer(raw, dtype=np.uint8)
     record = label_bytes + PIXELS
     if raw.size == 0 or raw.size % record:
-        raise UserError(f"{where}: {raw.size} bytes is not a whole number of {record}-byte records; "
-                        f"use the official archive")
+        raise UserError(
+            f"{where}: {raw.size} bytes is not a whole number of {record}-byte records; "
+            f"use the official archive"
+        )
     rows = raw.reshape(-1, record)
     return rows[:, label_bytes:], rows[:, label_offset].astype(np.int64)
 
@@ -392,12 +463,21 @@ def _decode_binary(where, raw, label_offset, label_bytes):
 def _class_names(where, names, num_classes):
     """names (str) checked: num_classes of them, none empty, none repeated."""
     if len(names) != num_classes:
-        raise UserError(f"{where}: {len(names)} class names, expected {num_classes}; use the official archive")
+        raise UserError(
+            f"{where}: {len(names)} class names, expected {num_classes}; use the official archive"
+        )
     seen = set()
     for n in names:
         if not n or n in seen or not n.isprintable() or len(n) > NAME_MAX:
-            why = "empty" if not n else "repeated" if n in seen else f"longer than {NAME_MAX} characters" \
-                if len(n) > NAME_MAX else "not printable (control characters or escape sequences)"
+            why = (
+                "empty"
+                if not n
+                else "repeated"
+                if n in seen
+                else f"longer than {NAME_MAX} characters"
+                if len(n) > NAME_MAX
+                else "not printable (control characters or escape sequences)"
+            )
             raise UserError(f"{where}: class name {n[:NAME_MAX]!r} is {why}; use the official archive")
         seen.add(n)
     return names
@@ -406,8 +486,10 @@ def _class_names(where, names, num_classes):
 def _python_names(where, raw, key):
     names = _unpickle(where, raw, key)[0]
     if not (isinstance(names, list) and all(isinstance(n, bytes) for n in names)):
-        raise UserError(f"{where}: class names must be a list of byte strings, found {_what(names)}; "
-                        f"use the official archive")
+        raise UserError(
+            f"{where}: class names must be a list of byte strings, found {_what(names)}; "
+            f"use the official archive"
+        )
     return [n.decode("utf-8", "replace") for n in names]
 
 
@@ -422,7 +504,7 @@ class _Split:
 
     def add(self, member, x, y):
         n = self.filled
-        planes, nhwc = x.reshape(-1, 3, 1024), self.x[n:n + len(x)].reshape(-1, 1024, 3)
+        planes, nhwc = x.reshape(-1, 3, 1024), self.x[n : n + len(x)].reshape(-1, 1024, 3)
         for c in range(3):  # R,G,B planes -> NHWC, a plane at a time (2.7x faster than one strided transpose)
             nhwc[:, :, c] = planes[:, c]
         self.ys.append(y)
@@ -430,8 +512,10 @@ class _Split:
         self.filled += len(x)
 
     def arrays(self):
-        x, y = self.x[:self.filled], np.concatenate(self.ys) if self.ys else np.empty(0, np.int64)
-        if self.blocks != sorted(self.blocks):  # members tarred out of order: the same images in the official order
+        x, y = self.x[: self.filled], np.concatenate(self.ys) if self.ys else np.empty(0, np.int64)
+        if self.blocks != sorted(
+            self.blocks
+        ):  # members tarred out of order: the same images in the official order
             rows = np.concatenate([np.arange(n, n + k) for _, n, k in sorted(self.blocks)])
             x, y = x[rows], y[rows]
         return x, y
@@ -444,23 +528,33 @@ def _decoders(path, dataset, layout_name, labels):
         label_key = b"labels" if dataset == "cifar10" else f"{labels}_labels".encode()
         name_key = b"label_names" if dataset == "cifar10" else f"{labels}_label_names".encode()
         meta = layout["meta"]
-        return (lambda m, raw: _decode_python(f"{path}: {m}", raw, label_key),
-                lambda raw: _python_names(f"{path}: {meta}", raw, name_key), meta)
+        return (
+            lambda m, raw: _decode_python(f"{path}: {m}", raw, label_key),
+            lambda raw: _python_names(f"{path}: {meta}", raw, name_key),
+            meta,
+        )
     # cifar-10 records: <label><3072 px>; cifar-100 records: <coarse><fine><3072 px>
     offset, nbytes = (0, 1) if dataset == "cifar10" else ({"coarse": 0, "fine": 1}[labels], 2)
     meta = layout["meta"] if dataset == "cifar10" else layout["meta"][labels]
-    return (lambda m, raw: _decode_binary(f"{path}: {m}", raw, offset, nbytes),
-            lambda raw: [s.strip() for s in raw.decode(errors="replace").splitlines() if s.strip()], meta)
+    return (
+        lambda m, raw: _decode_binary(f"{path}: {m}", raw, offset, nbytes),
+        lambda raw: [s.strip() for s in raw.decode(errors="replace").splitlines() if s.strip()],
+        meta,
+    )
 
 
 def _check(where, x, y, num_classes, most):
     if len(y) != len(x):
         raise UserError(f"{where}: {len(x)} images but {len(y)} labels; use the official archive")
     if len(x) > most:
-        raise UserError(f"{where}: {len(x)} images, more than the {most} this member holds; use the official archive")
+        raise UserError(
+            f"{where}: {len(x)} images, more than the {most} this member holds; use the official archive"
+        )
     if len(y) and (y.min() < 0 or y.max() >= num_classes):
-        raise UserError(f"{where}: labels must lie in 0..{num_classes - 1}, found {y.min()}..{y.max()}; "
-                        f"use the official archive")
+        raise UserError(
+            f"{where}: labels must lie in 0..{num_classes - 1}, found {y.min()}..{y.max()}; "
+            f"use the official archive"
+        )
 
 
 def _every_class(path, splits, classes):
@@ -469,8 +563,10 @@ def _every_class(path, splits, classes):
         empty = np.flatnonzero(np.bincount(y, minlength=len(classes)) == 0)
         if empty.size:
             more = f" and {empty.size - 1} more classes" if empty.size > 1 else ""
-            raise UserError(f"{path}: no {split} images of class {empty[0]} ({classes[empty[0]]!r}){more}; "
-                            f"is this the complete official archive?")
+            raise UserError(
+                f"{path}: no {split} images of class {empty[0]} ({classes[empty[0]]!r}){more}; "
+                f"is this the complete official archive?"
+            )
 
 
 def read(path, dataset, labels="fine", name=None):
@@ -490,8 +586,10 @@ def read(path, dataset, labels="fine", name=None):
             chosen = lay
             splits = {s: _Split(LAYOUTS[dataset][lay][s], MAX_IMAGES[dataset, s]) for s in SPLITS}
         elif lay != chosen:
-            raise UserError(f"{path}: {member}: members of both the python and the binary layout; "
-                            f"use the official archive")
+            raise UserError(
+                f"{path}: {member}: members of both the python and the binary layout; "
+                f"use the official archive"
+            )
         decode, names_of, _ = decoders[lay]
         if role == "meta":
             classes = _class_names(f"{path}: {member}", names_of(raw), num_classes)

@@ -17,6 +17,7 @@ once had two: `__main__.UserError` and `stages.params.UserError`, and a 15-line 
   temporary names: nothing half-written is left).
 - TensorFlow's and XLA's C++ start-up lines are filtered out of stderr.
 """
+
 import contextlib
 import ctypes
 import errno
@@ -129,9 +130,11 @@ def _die_with_parent():
 def _unraisable(hook):
     """sys.unraisablehook that keeps quiet about a signal's exception raised where Python cannot propagate it
     (a gc callback such as JAX's _xla_gc_callback, a __del__): the watcher ends the stage within GRACE."""
+
     def quiet(unraisable):
         if not isinstance(unraisable.exc_value, (_Terminated, KeyboardInterrupt)):
             hook(unraisable)
+
     return quiet
 
 
@@ -158,8 +161,11 @@ def cli(main):
     except Exception as e:
         if (full := _disk_full(e)) is None:
             raise
-        print(f"error: {full.filename or os.getcwd()}: no space left on its disk ({full.strerror or full}); free "
-              f"some space there, then run `dvc repro` again", file=sys.stderr)
+        print(
+            f"error: {full.filename or os.getcwd()}: no space left on its disk ({full.strerror or full}); free "
+            f"some space there, then run `dvc repro` again",
+            file=sys.stderr,
+        )
         sys.exit(1)
     except KeyboardInterrupt:
         print(_interrupted_line(), file=sys.stderr)
@@ -171,8 +177,10 @@ def cli(main):
 # TensorFlow's and XLA's C++ start-up lines (absl format `I0000 00:00:… file.cc:N] …`), and the cuInit error of a
 # CPU-only machine: not failures, yet they look like ones. Written to file descriptor 2 by C++, before any
 # Python logging setting applies, so they are filtered there.
-_NOISE = re.compile(r"^(WARNING: All log messages before absl::InitializeLog|[IW]\d{4} \d\d:\d\d:|"
-                    r"E\d{4} .*(cuInit|cuda|CUDA))")
+_NOISE = re.compile(
+    r"^(WARNING: All log messages before absl::InitializeLog|[IW]\d{4} \d\d:\d\d:|"
+    r"E\d{4} .*(cuInit|cuda|CUDA))"
+)
 
 
 @contextlib.contextmanager
@@ -189,6 +197,7 @@ def _without_native_noise():
             for line in lines:
                 if not _NOISE.match(line.decode(errors="replace")):
                     os.write(saved, line)
+
     thread = threading.Thread(target=copy, daemon=True)
     thread.start()
     try:

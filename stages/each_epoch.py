@@ -2,6 +2,7 @@
 expected time, logs the curves (dvclive) and bias-shift statistics, checkpoints a finite epoch, and stops the
 run where the loss diverged. Imports Keras: import it
 after params.load() has chosen the backend."""
+
 import time
 
 import keras
@@ -75,12 +76,17 @@ class EachEpoch(keras.callbacks.Callback):
         left = epoch * (self.epochs - self.first_epoch)
         msg = f"expected: {duration(epoch)} per epoch, {duration(left)} for this model"
         if self.queued:
-            msg += f", about {duration(left + self.queued * epoch * self.epochs)} with the grid's other " \
-                   f"{self.queued} model{'s' * (self.queued > 1)} not trained yet"
+            msg += (
+                f", about {duration(left + self.queued * epoch * self.epochs)} with the grid's other "
+                f"{self.queued} model{'s' * (self.queued > 1)} not trained yet"
+            )
         print(msg, flush=True)
         if not self.on_gpu and left + self.queued * epoch * self.epochs > CPU_PATIENCE:
-            print(f"note: these are GPU-sized params; on a CPU, the study that ranks the variants in about 2 h "
-                  f"(README, \"The study on a CPU\"): {recipes.command('cpu-study')}", flush=True)
+            print(
+                f"note: these are GPU-sized params; on a CPU, the study that ranks the variants in about 2 h "
+                f'(README, "The study on a CPU"): {recipes.command("cpu-study")}',
+                flush=True,
+            )
 
     def epoch_seconds(self, epoch, seconds):
         """An epoch's time, for the time left: the first epoch of a run also compiled the model (on JAX, 20-40x a
@@ -102,5 +108,9 @@ class EachEpoch(keras.callbacks.Callback):
         checkpoint.save(self.ckpt_dir, self.model, self.history)
         log_epoch(self.live, self.history[-1])
         left = self.epoch_seconds(epoch, logs["seconds"]) * (self.epochs - epoch - 1)
-        print(f"epoch {epoch + 1}/{self.epochs}: " + "  ".join(f"{k} {logs[k]:.4g}" for k in SHOWN if k in logs)
-              + (f"  (about {duration(left)} left)" if left else ""), flush=True)
+        print(
+            f"epoch {epoch + 1}/{self.epochs}: "
+            + "  ".join(f"{k} {logs[k]:.4g}" for k in SHOWN if k in logs)
+            + (f"  (about {duration(left)} left)" if left else ""),
+            flush=True,
+        )

@@ -7,6 +7,7 @@ its command line: dvc.yaml's commands carry no params values, so no value of par
 A grid entry's key is DVC's matrix key, <dataset>-<activation>-<True|False>-<seed> (e.g. cifar10-elu-True-0):
 the stage name is train@<key>, and every file of the entry is named <key> too (one spelling everywhere).
 """
+
 import argparse
 import itertools
 import json
@@ -52,9 +53,14 @@ class Entry:
     def paths(self):
         """The entry's files; the experiment's own model has fixed names so that `dvc exp` can compare them."""
         rel = "experiment" if self.experiment else f"grid/{self.key}"
-        return {"model": Path(f"models/{rel}.keras"), "summary": Path(f"models/{rel}.json"),
-                "live": Path("dvclive", rel), "ckpt": Path("checkpoints", rel),
-                "metrics": Path(f"metrics/{rel}.json"), "results": Path(f"results/{rel}.json")}
+        return {
+            "model": Path(f"models/{rel}.keras"),
+            "summary": Path(f"models/{rel}.json"),
+            "live": Path("dvclive", rel),
+            "ckpt": Path("checkpoints", rel),
+            "metrics": Path(f"metrics/{rel}.json"),
+            "results": Path(f"results/{rel}.json"),
+        }
 
 
 def grid_entries(params):
@@ -77,20 +83,28 @@ def find(name, params):
         if e.key == key:
             return e
     keys = ", ".join(e.key for e in grid_entries(params)[:4])
-    raise UserError(f"{name!r}: not an entry of params.yaml's grid (e.g. {keys}, …); "
-                    f"run a stage of `dvc stage list`, or add the values to grid.* in params.yaml")
+    raise UserError(
+        f"{name!r}: not an entry of params.yaml's grid (e.g. {keys}, …); "
+        f"run a stage of `dvc stage list`, or add the values to grid.* in params.yaml"
+    )
 
 
 def from_command_line(description):
     """(entry, params) of a train or evaluate process: the entry named on the command line, else $DVC_STAGE."""
     ap = argparse.ArgumentParser(description=description)
-    ap.add_argument("entry", nargs="?", default=os.environ.get("DVC_STAGE"),
-                    help="a grid entry's key or stage name (cifar10-elu-True-0, train@cifar10-elu-True-0), or "
-                         "'experiment'; default: $DVC_STAGE, the stage DVC runs")
+    ap.add_argument(
+        "entry",
+        nargs="?",
+        default=os.environ.get("DVC_STAGE"),
+        help="a grid entry's key or stage name (cifar10-elu-True-0, train@cifar10-elu-True-0), or "
+        "'experiment'; default: $DVC_STAGE, the stage DVC runs",
+    )
     name = ap.parse_args().entry
     if not name:
-        raise UserError("no entry given: name one (e.g. `python -m stages.train cifar10-relu-False-0`, see "
-                        "`dvc stage list`) or run the stage with `dvc repro`")
+        raise UserError(
+            "no entry given: name one (e.g. `python -m stages.train cifar10-relu-False-0`, see "
+            "`dvc stage list`) or run the stage with `dvc repro`"
+        )
     params = load()
     return find(name, params), params
 
@@ -103,12 +117,18 @@ def read_classes(dataset, params):
     try:
         classes = json.loads(path.read_text())
     except (ValueError, UnicodeDecodeError) as e:
-        raise UserError(f"{path}: not JSON ({type(e).__name__}); {_rebuild(dataset)}")
+        raise UserError(f"{path}: not JSON ({type(e).__name__}); {_rebuild(dataset)}") from None
     expected = num_classes(params, dataset)
-    if not (isinstance(classes, list) and all(isinstance(c, str) and c and c.isprintable() for c in classes)
-            and len(set(classes)) == len(classes) and len(classes) == expected):
-        raise UserError(f"{path}: must be a list of {expected} distinct class names, "
-                        f"got {str(classes)[:60]!r}; {_rebuild(dataset)}")
+    if not (
+        isinstance(classes, list)
+        and all(isinstance(c, str) and c and c.isprintable() for c in classes)
+        and len(set(classes)) == len(classes)
+        and len(classes) == expected
+    ):
+        raise UserError(
+            f"{path}: must be a list of {expected} distinct class names, "
+            f"got {str(classes)[:60]!r}; {_rebuild(dataset)}"
+        )
     return classes
 
 
@@ -133,11 +153,19 @@ def load_split(dataset, split, num_classes):
         with np.load(path) as f:
             x, y = f["x"], f["y"]
     except Exception as e:
-        raise UserError(f"{path}: damaged or unreadable ({type(e).__name__}: {e}); {_rebuild(dataset)}")
-    if x.dtype != np.uint8 or x.shape[1:] != (32, 32, 3) or y.shape != (len(x),) or \
-            (len(y) and not 0 <= y.min() <= y.max() < num_classes):
-        raise UserError(f"{path}: expected x (N, 32, 32, 3) uint8 and y (N,) labels < {num_classes}, got "
-                        f"x {x.dtype} {x.shape}, y {y.shape}; rebuild it with `dvc repro -f prepare@{dataset}`")
+        raise UserError(
+            f"{path}: damaged or unreadable ({type(e).__name__}: {e}); {_rebuild(dataset)}"
+        ) from None
+    if (
+        x.dtype != np.uint8
+        or x.shape[1:] != (32, 32, 3)
+        or y.shape != (len(x),)
+        or (len(y) and not 0 <= y.min() <= y.max() < num_classes)
+    ):
+        raise UserError(
+            f"{path}: expected x (N, 32, 32, 3) uint8 and y (N,) labels < {num_classes}, got "
+            f"x {x.dtype} {x.shape}, y {y.shape}; rebuild it with `dvc repro -f prepare@{dataset}`"
+        )
     return x, y
 
 
@@ -148,7 +176,7 @@ def balanced_split(y, num_classes, validation, limit):
     v = validation // num_classes
     val = np.concatenate([idx[:v] for idx in by_class])
     rest = [idx[v:] for idx in by_class]
-    train = np.concatenate([idx[:limit // num_classes] for idx in rest] if limit else rest)
+    train = np.concatenate([idx[: limit // num_classes] for idx in rest] if limit else rest)
     return np.sort(train), np.sort(val)
 
 

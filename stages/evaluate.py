@@ -4,26 +4,36 @@ Outputs: metrics/<...>.json, flat headline keys that `dvc metrics show` reads as
 results/<...>.json, the detail: per-class accuracy, confusion matrix, and every test image's label and
 prediction (the report's McNemar tests compare two models on the same images).
 """
+
 import time
 
 import numpy as np
 
+from stages.cli import UserError, cli
 from stages.entry import from_command_line, load_split, read_classes, read_json
 from stages.outputs import write_json
-from stages.cli import UserError, cli
 
-
-SUMMARY_KEYS = ("parameters", "epochs_completed", "train_seconds", "seconds_per_epoch", "diverged", "precision")
+SUMMARY_KEYS = (
+    "parameters",
+    "epochs_completed",
+    "train_seconds",
+    "seconds_per_epoch",
+    "diverged",
+    "precision",
+)
 
 
 def load_model(path):
     import keras
+
     try:
         return keras.models.load_model(path, compile=False)
     except Exception as e:  # Keras' messages span lines (a refused lambda layer explains safe_mode at length)
         first = next((line for line in str(e).splitlines() if line.strip()), "")
-        raise UserError(f"{path}: cannot be loaded ({type(e).__name__}: {first[:200]}); retrain it with "
-                        f"`dvc repro -f` on its train stage")
+        raise UserError(
+            f"{path}: cannot be loaded ({type(e).__name__}: {first[:200]}); retrain it with "
+            f"`dvc repro -f` on its train stage"
+        ) from None
 
 
 def predict(model, x, batch_size):
@@ -42,8 +52,11 @@ def main():
     stage = "train_exp" if entry.experiment else f"train@{entry.key}"
     if not (out["summary"].is_file() and out["model"].is_file()):
         raise UserError(f"{out['model']}: missing; train it first: dvc repro {stage}")
-    summary = read_json(out["summary"], SUMMARY_KEYS, f"retrain it with `dvc repro -f {stage}` or restore it "
-                                                      f"with `dvc checkout {out['summary']}`")
+    summary = read_json(
+        out["summary"],
+        SUMMARY_KEYS,
+        f"retrain it with `dvc repro -f {stage}` or restore it with `dvc checkout {out['summary']}`",
+    )
     p, seconds = predict(load_model(out["model"]), x.astype("float32"), params["evaluate"]["batch_size"])
     pred = p.argmax(1)
     loss = float(-np.log(np.clip(p[np.arange(len(y)), y], 1e-12, 1)).mean())
@@ -51,16 +64,38 @@ def main():
     confusion = np.zeros((len(classes), len(classes)), np.int64)
     np.add.at(confusion, (y, pred), 1)  # rows: true class, columns: predicted
     per_class = confusion.diagonal() / np.maximum(confusion.sum(1), 1)
-    write_json(out["results"], {"classes": classes, "per_class_accuracy": dict(zip(classes, per_class.tolist())),
-                                "confusion": confusion.tolist(), "labels": y.tolist(), "predictions": pred.tolist()})
-    write_json(out["metrics"], {
-        "test_accuracy": accuracy, "test_error": 1 - accuracy, "test_loss": loss, "test_images": len(y),
-        "worst_class_accuracy": float(per_class.min()), "parameters": summary["parameters"],
-        "epochs": summary["epochs_completed"], "train_seconds": summary["train_seconds"],
-        "seconds_per_epoch": summary["seconds_per_epoch"], "inference_images_per_second": len(y) / seconds,
-        "diverged": summary["diverged"], "backend": summary.get("backend"), "precision": summary["precision"]})
-    print(f"{out['metrics']}: test accuracy {accuracy:.4f}, loss {loss:.4f}"
-          + (" (diverged: last finite weights)" if summary["diverged"] else ""))
+    write_json(
+        out["results"],
+        {
+            "classes": classes,
+            "per_class_accuracy": dict(zip(classes, per_class.tolist())),
+            "confusion": confusion.tolist(),
+            "labels": y.tolist(),
+            "predictions": pred.tolist(),
+        },
+    )
+    write_json(
+        out["metrics"],
+        {
+            "test_accuracy": accuracy,
+            "test_error": 1 - accuracy,
+            "test_loss": loss,
+            "test_images": len(y),
+            "worst_class_accuracy": float(per_class.min()),
+            "parameters": summary["parameters"],
+            "epochs": summary["epochs_completed"],
+            "train_seconds": summary["train_seconds"],
+            "seconds_per_epoch": summary["seconds_per_epoch"],
+            "inference_images_per_second": len(y) / seconds,
+            "diverged": summary["diverged"],
+            "backend": summary.get("backend"),
+            "precision": summary["precision"],
+        },
+    )
+    print(
+        f"{out['metrics']}: test accuracy {accuracy:.4f}, loss {loss:.4f}"
+        + (" (diverged: last finite weights)" if summary["diverged"] else "")
+    )
 
 
 if __name__ == "__main__":

@@ -3,11 +3,14 @@
 Keras is imported where a layer is built, not at the top: the params check (the check stage, on every change
 of params.yaml) accepts the study's own activation names below without loading Keras and TensorFlow.
 """
+
 import functools
 
 import numpy as np
 
-ACT_PREFIX = "act"  # activation layers are act1..act9: the net names them, train probes them, report plots them
+ACT_PREFIX = (
+    "act"  # activation layers are act1..act9: the net names them, train probes them, report plots them
+)
 
 # Activations that need arguments; any other name Keras knows (selu, gelu, swish, ...) works as it is.
 # Adding an activation to the study is one line here, or none. k: the keras module; m: params.yaml's model.
@@ -15,7 +18,9 @@ ACTIVATIONS = {
     "relu": lambda k, m, **kw: k.layers.ReLU(**kw),
     "lrelu": lambda k, m, **kw: k.layers.LeakyReLU(negative_slope=m["lrelu_slope"], **kw),
     # one learned slope per channel, shared over H and W; PReLU's alpha has no regulariser (no weight decay)
-    "prelu": lambda k, m, **kw: k.layers.PReLU(k.initializers.Constant(m["prelu_init"]), shared_axes=[1, 2], **kw),
+    "prelu": lambda k, m, **kw: k.layers.PReLU(
+        k.initializers.Constant(m["prelu_init"]), shared_axes=[1, 2], **kw
+    ),
     "elu": lambda k, m, **kw: k.layers.ELU(**kw),
 }
 _NOT_ACTIVATIONS = {"get", "serialize", "deserialize", "linear", "softmax", "log_softmax"}
@@ -25,6 +30,7 @@ def _works_in_the_net(name):
     """Keras names exactly the stages accept: one that keeps a (N, H, W, C) tensor's shape with no arguments
     (not glu, which halves C; not threshold, which needs two)."""
     from keras import layers
+
     try:
         x = np.linspace(-2, 2, 2 * 2 * 2 * 4, dtype="float32").reshape(2, 2, 2, 4)
         return tuple(layers.Activation(name)(x).shape) == x.shape
@@ -36,12 +42,14 @@ def _works_in_the_net(name):
 def activation_names():
     """Every name the stages accept: ACTIVATIONS' and the Keras activations that fit the net."""
     import keras
+
     keras_names = [n for n in dir(keras.activations) if not n.startswith("_") and n not in _NOT_ACTIVATIONS]
     return sorted(set(ACTIVATIONS) | {n for n in keras_names if _works_in_the_net(n)})
 
 
 def make_activation(activation, model_params, **kw):
     import keras
+
     if activation not in ACTIVATIONS and activation not in activation_names():
         raise ValueError(f"unknown activation {activation!r}; valid: {', '.join(activation_names())}")
     known = ACTIVATIONS.get(activation)
@@ -56,11 +64,22 @@ def make_net(num_classes, activation, batch_norm, model_params, weight_decay, me
     """
     import keras
     from keras import layers
+
     c1, c2 = round(96 * model_params["width"]), round(192 * model_params["width"])
     # (filters, kernel, stride, padding); "drop" = dropout 0.5 after each stride-2 conv
-    spec = [(c1, 3, 1, "same"), (c1, 3, 1, "same"), (c1, 3, 2, "same"), "drop",  # 32x32 -> 16x16
-            (c2, 3, 1, "same"), (c2, 3, 1, "same"), (c2, 3, 2, "same"), "drop",  # 16x16 -> 8x8
-            (c2, 3, 1, "valid"), (c2, 1, 1, "valid"), (num_classes, 1, 1, "valid")]  # 8x8 -> 6x6
+    spec = [
+        (c1, 3, 1, "same"),
+        (c1, 3, 1, "same"),
+        (c1, 3, 2, "same"),
+        "drop",  # 32x32 -> 16x16
+        (c2, 3, 1, "same"),
+        (c2, 3, 1, "same"),
+        (c2, 3, 2, "same"),
+        "drop",  # 16x16 -> 8x8
+        (c2, 3, 1, "valid"),
+        (c2, 1, 1, "valid"),
+        (num_classes, 1, 1, "valid"),
+    ]  # 8x8 -> 6x6
     inputs = keras.Input((32, 32, 3), name="pixels")
     x = layers.Normalization(mean=mean, variance=variance, name="standardise")(inputs)
     x = layers.Dropout(model_params["dropout_input"], name="drop_input")(x)
@@ -71,8 +90,15 @@ def make_net(num_classes, activation, batch_norm, model_params, weight_decay, me
             continue
         filters, kernel, stride, padding = item
         n += 1
-        x = layers.Conv2D(filters, kernel, stride, padding, use_bias=not batch_norm, name=f"conv{n}",
-                          kernel_regularizer=keras.regularizers.L2(weight_decay / 2))(x)
+        x = layers.Conv2D(
+            filters,
+            kernel,
+            stride,
+            padding,
+            use_bias=not batch_norm,
+            name=f"conv{n}",
+            kernel_regularizer=keras.regularizers.L2(weight_decay / 2),
+        )(x)
         if batch_norm:
             x = layers.BatchNormalization(name=f"bn{n}")(x)
         x = make_activation(activation, model_params, name=f"{ACT_PREFIX}{n}")(x)

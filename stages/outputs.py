@@ -2,6 +2,7 @@
 so a killed stage never leaves a half-written file that looks finished. The temporary, .<name>.<pid>.<random>.tmp,
 is removed on failure, Ctrl-C and SIGTERM (stages.cli); one left by SIGKILL is removed by the next
 writer of the same output, once its pid is gone."""
+
 import contextlib
 import hashlib
 import json
@@ -34,7 +35,9 @@ def _alive(pid):
 def temporary(final):
     """A new temporary folder beside final, named after it and this process (see remove_stale); registered so
     that a stage ended by a signal removes it (stages.cli), and removed by discard()."""
-    tmp = Path(tempfile.mkdtemp(prefix=f".{Path(final).name}.{os.getpid()}.", suffix=".tmp", dir=Path(final).parent))
+    tmp = Path(
+        tempfile.mkdtemp(prefix=f".{Path(final).name}.{os.getpid()}.", suffix=".tmp", dir=Path(final).parent)
+    )
     TEMPORARIES.add(tmp)
     return tmp
 
@@ -53,7 +56,9 @@ def remove_stale(final):
     for p in final.parent.iterdir() if final.parent.is_dir() else []:
         match = stale.fullmatch(p.name)
         if match and not (match[1] and _alive(int(match[1]))):
-            shutil.rmtree(p, ignore_errors=True) if p.is_dir() and not p.is_symlink() else p.unlink(missing_ok=True)
+            shutil.rmtree(p, ignore_errors=True) if p.is_dir() and not p.is_symlink() else p.unlink(
+                missing_ok=True
+            )
 
 
 @contextlib.contextmanager

@@ -4,6 +4,7 @@ Every key is validated up front, before any download or training: unknown or mis
 sizes <= 0, unknown activations or datasets, and names that would reach a shell (stage names, file names
 and stage commands are built from grid values, so those must be plain identifiers).
 """
+
 import difflib
 import os
 import re
@@ -51,7 +52,9 @@ def dataset_argument(parser):
     """The dataset a per-dataset stage works on: named on the command line, else the part of the stage name after
     '@' ($DVC_STAGE, e.g. prepare@cifar10), so that dvc.yaml's commands carry no params value."""
     stage = os.environ.get("DVC_STAGE", "")
-    parser.add_argument("dataset", nargs="?", choices=DATASETS, default=stage.split("@", 1)[1] if "@" in stage else None)
+    parser.add_argument(
+        "dataset", nargs="?", choices=DATASETS, default=stage.split("@", 1)[1] if "@" in stage else None
+    )
     dataset = parser.parse_args().dataset
     if dataset is None:
         raise UserError("no dataset given: name one (e.g. cifar10) or run the stage with `dvc repro`")
@@ -59,6 +62,7 @@ def dataset_argument(parser):
 
 
 # --- value checks: each returns None when the value is fine, else what is allowed --------------------------
+
 
 def _int(lo, hi=None):
     if hi is None:
@@ -70,6 +74,7 @@ def _num(lo, hi, lo_open=False):
     def check(v):
         ok = type(v) in (int, float) and (v > lo if lo_open else v >= lo) and v <= hi
         return None if ok else f"a number in {'(' if lo_open else '['}{lo}, {hi}]"
+
     return check
 
 
@@ -89,6 +94,7 @@ def _activation(v):
     if not (isinstance(v, str) and NAME.fullmatch(v)):
         return "a lower-case name of letters, digits and _ (it becomes part of stage names and paths)"
     from stages.model import ACTIVATIONS, activation_names
+
     if v in ACTIVATIONS:  # the study's own: known without loading Keras
         return None
     names = activation_names()  # imports Keras (seconds): any other name must be one Keras knows
@@ -106,23 +112,34 @@ def _list_of(check):
         if bad:
             return f"a list whose items are each {bad[1]} ({shown(bad[0])} is not)"
         return "a list without repeated values" if len(set(map(repr, v))) != len(v) else None
+
     return check_list
 
 
 def _md5(v):
-    return None if v is None or (isinstance(v, str) and re.fullmatch(r"[0-9a-f]{32}", v)) else \
-        "32 lower-case hex digits, or null to skip the check"
+    return (
+        None
+        if v is None or (isinstance(v, str) and re.fullmatch(r"[0-9a-f]{32}", v))
+        else "32 lower-case hex digits, or null to skip the check"
+    )
 
 
 def _url(v):
     if isinstance(v, str) and "@" in urllib.parse.urlparse(v.strip()).netloc:
-        return ("a URL without user:password@ (it would be written to data/source/ and the logs); put the "
-                "credentials in ~/.netrc (`machine <host> login <user> password <password>`) or in a file "
-                "named by $NETRC, which the download reads")
+        return (
+            "a URL without user:password@ (it would be written to data/source/ and the logs); put the "
+            "credentials in ~/.netrc (`machine <host> login <user> password <password>`) or in a file "
+            "named by $NETRC, which the download reads"
+        )
     # the archive is saved under the URL's last path segment: it must be a file name
-    name = isinstance(v, str) and urllib.parse.unquote(urllib.parse.urlparse(v.strip()).path).rsplit("/", 1)[-1]
-    return None if name and name not in (".", "..") else \
-        "an http(s):// or file:// URL, or a local path, ending in the archive's file name"
+    name = (
+        isinstance(v, str) and urllib.parse.unquote(urllib.parse.urlparse(v.strip()).path).rsplit("/", 1)[-1]
+    )
+    return (
+        None
+        if name and name not in (".", "..")
+        else "an http(s):// or file:// URL, or a local path, ending in the archive's file name"
+    )
 
 
 def _width(v):
@@ -179,7 +196,9 @@ SCHEMA = {
 
 def _validate(schema, values, prefix, errors):
     if not isinstance(values, dict):
-        errors.append(f"{prefix.rstrip('.') or 'top level'} = {shown(values)}: must be a mapping of {', '.join(schema)}")
+        errors.append(
+            f"{prefix.rstrip('.') or 'top level'} = {shown(values)}: must be a mapping of {', '.join(schema)}"
+        )
         return
     for key in values:
         if key not in schema:
@@ -202,14 +221,17 @@ def validate(params):
     _validate(SCHEMA, params, "", errors)
     if not errors:
         if params["dataset"] not in params["grid"]["dataset"]:
-            errors.append(f"dataset = {params['dataset']!r}: must be one of grid.dataset "
-                          f"{params['grid']['dataset']} (its prepare stage comes from the grid)")
+            errors.append(
+                f"dataset = {params['dataset']!r}: must be one of grid.dataset "
+                f"{params['grid']['dataset']} (its prepare stage comes from the grid)"
+            )
         errors += [e for d in params["grid"]["dataset"] if (e := _split_error(params, d))][:1]
     return errors
 
 
 def num_classes(params, dataset):
     from stages.cifar import NUM_CLASSES  # lazily: the check needs it only for a split's arithmetic
+
     return NUM_CLASSES[dataset, params["data"][dataset].get("labels", "fine")]
 
 
@@ -220,13 +242,17 @@ def _split_error(params, dataset):
     t, n = params["train"], num_classes(params, dataset)
     rest = (TRAIN_IMAGES // n - t["validation"] // n) * n
     if t["limit"] is not None and (t["limit"] // n) * n < min(rest, t["batch_size"]):
-        return (f"train.limit = {t['limit']}: gives {t['limit'] // n * n} training images of {dataset} (the "
-                f"subset is class-balanced: {t['limit'] // n} of each of {n} classes), fewer than one batch "
-                f"(train.batch_size = {t['batch_size']}); raise it to at least "
-                f"{-(-t['batch_size'] // n) * n}, or null for all images")
+        return (
+            f"train.limit = {t['limit']}: gives {t['limit'] // n * n} training images of {dataset} (the "
+            f"subset is class-balanced: {t['limit'] // n} of each of {n} classes), fewer than one batch "
+            f"(train.batch_size = {t['batch_size']}); raise it to at least "
+            f"{-(-t['batch_size'] // n) * n}, or null for all images"
+        )
     if rest < t["batch_size"]:
-        return (f"train.validation = {t['validation']}: leaves {max(rest, 0)} of the {TRAIN_IMAGES} training "
-                f"images of {dataset}, fewer than one batch (train.batch_size = {t['batch_size']}); lower it")
+        return (
+            f"train.validation = {t['validation']}: leaves {max(rest, 0)} of the {TRAIN_IMAGES} training "
+            f"images of {dataset}, fewer than one batch (train.batch_size = {t['batch_size']}); lower it"
+        )
     return None
 
 
@@ -240,8 +266,14 @@ def parse(path=PARAMS):
         return YAML(typ="safe").load(text)
     except (OSError, YAMLError) as e:
         mark = getattr(e, "problem_mark", None)  # one line: the YAML library's own message spans several
-        raise UserError(f"{path}: cannot be read as YAML (" + (f"line {mark.line + 1}, column {mark.column + 1}: "
-                        f"{e.problem})" if mark else f"{' '.join(str(e).split())})"))
+        raise UserError(
+            f"{path}: cannot be read as YAML ("
+            + (
+                f"line {mark.line + 1}, column {mark.column + 1}: {e.problem})"
+                if mark
+                else f"{' '.join(str(e).split())})"
+            )
+        ) from None
 
 
 def _without_aliases(path, text):
@@ -250,9 +282,11 @@ def _without_aliases(path, text):
     for event in YAML(typ="safe").parse(text):  # events only: nothing is built, nothing expanded
         if isinstance(event, AliasEvent):
             mark = event.start_mark
-            raise UserError(f"{path}: line {mark.line + 1}: a YAML alias (*{shown(event.anchor)[1:-1]}); write the "
-                            f"value out instead (anchors and aliases are refused: a few of them can expand to "
-                            f"billions of values)")
+            raise UserError(
+                f"{path}: line {mark.line + 1}: a YAML alias (*{shown(event.anchor)[1:-1]}); write the "
+                f"value out instead (anchors and aliases are refused: a few of them can expand to "
+                f"billions of values)"
+            )
 
 
 def load(path=PARAMS):
@@ -262,6 +296,7 @@ def load(path=PARAMS):
     backend = train.get("backend") if isinstance(train, dict) else None
     if backend in BACKENDS:
         from stages.backend import select  # before anything imports Keras (the activation check does)
+
         select(backend)
     errors = validate(params if params is not None else {})
     if errors:
@@ -281,8 +316,10 @@ def local_file(url, key):
         return path
     path = Path(url).expanduser().resolve()
     if not path.is_file():
-        raise UserError(f"{key}.url: {url!r} is neither a URL nor an existing file; give an http(s):// "
-                        f"or file:// URL or the path of a local archive")
+        raise UserError(
+            f"{key}.url: {url!r} is neither a URL nor an existing file; give an http(s):// "
+            f"or file:// URL or the path of a local archive"
+        )
     return path
 
 
@@ -299,12 +336,19 @@ def data_params(dataset):
 def main():
     params = load()
     from stages.outputs import atomic_path
+
     with atomic_path(CHECKED) as tmp:  # constant content: later stages depend on the check, not on its text
         tmp.write_text("params.yaml passed stages/params.py\n")
-    n = len(params["grid"]["dataset"]) * len(params["grid"]["activation"]) * \
-        len(params["grid"]["batch_norm"]) * len(params["grid"]["seed"])
-    print(f"{PARAMS}: valid; grid of {count(n, 'model')} plus the experiment's own "
-          f"({params['dataset']}, {params['activation']}, batch_norm={params['batch_norm']})")
+    n = (
+        len(params["grid"]["dataset"])
+        * len(params["grid"]["activation"])
+        * len(params["grid"]["batch_norm"])
+        * len(params["grid"]["seed"])
+    )
+    print(
+        f"{PARAMS}: valid; grid of {count(n, 'model')} plus the experiment's own "
+        f"({params['dataset']}, {params['activation']}, batch_norm={params['batch_norm']})"
+    )
 
 
 if __name__ == "__main__":

@@ -5,6 +5,7 @@ exactly the batches an uninterrupted one would have seen and no iterator state n
 TensorFlow and JAX (tf.data exists only on one of them); its cost is a gather and a crop per batch, ~1 ms for
 128 images, small beside a training step on a CPU and overlapped with the step on a GPU.
 """
+
 import queue
 import threading
 
@@ -51,6 +52,7 @@ def _ahead(items):
                 q.put((item, None))
         except Exception as e:  # handed to the consumer, which raises it where the batch was expected
             q.put((None, e))
+
     threading.Thread(target=fill, daemon=True).start()
     while True:
         item, error = q.get()

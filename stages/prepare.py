@@ -4,6 +4,7 @@ Outputs (a public contract): data/raw/<dataset>/<archive>, the archive as downlo
 data/prepared/<dataset>/{train,test}.npz with x (N, 32, 32, 3) uint8 NHWC and y (N,) int64;
 data/prepared/<dataset>/classes.json, the class names in label order.
 """
+
 import argparse
 import contextlib
 import json
@@ -18,9 +19,9 @@ from pathlib import Path
 import numpy as np
 
 from stages import cifar
+from stages.cli import UserError, cli
 from stages.entry import PREPARED
 from stages.outputs import atomic_path, digest, discard, remove_stale, temporary
-from stages.cli import UserError, cli
 from stages.params import data_params, dataset_argument, local_file, redact, shown
 
 RAW = Path("data/raw")
@@ -56,18 +57,22 @@ def _download(url, path, key):
     """url to path; ~/.netrc (or the file $NETRC names) gives credentials, as for curl and pip."""
     import requests
     import urllib3
+
     print(f"Downloading data from {redact(url)}", flush=True)
     try:
         with requests.get(url, stream=True, timeout=STALL) as response, open(path, "wb") as f:
             response.raise_for_status()
             _receive(response, f, url)
     except (requests.RequestException, urllib3.exceptions.HTTPError, TimeoutError, EOFError) as e:
-        stalled = isinstance(e, (TimeoutError, requests.Timeout, urllib3.exceptions.TimeoutError)) or \
-            "timed out" in str(e)
+        stalled = isinstance(
+            e, (TimeoutError, requests.Timeout, urllib3.exceptions.TimeoutError)
+        ) or "timed out" in str(e)
         why = f"no progress for {STALL:g} s" if stalled else " ".join(redact(str(e)).split())[:300]
-        raise UserError(f"{key}.url: cannot download {redact(url)} ({type(e).__name__}: {why}); offline or on "
-                        f"a slow link, download the archive elsewhere and set {key}.url to its local path or "
-                        f"file:// URL (or raise $STAGES_DOWNLOAD_STALL, seconds)") from None
+        raise UserError(
+            f"{key}.url: cannot download {redact(url)} ({type(e).__name__}: {why}); offline or on "
+            f"a slow link, download the archive elsewhere and set {key}.url to its local path or "
+            f"file:// URL (or raise $STAGES_DOWNLOAD_STALL, seconds)"
+        ) from None
     return path
 
 
@@ -75,9 +80,14 @@ def _verify(path, md5, url, local, key):
     """Refuses an archive whose md5 is not md5, printing both and the fix that fits where it came from."""
     actual = digest(path, "md5")
     if md5 is not None and actual != md5:
-        fix = (f"check that {key}.url names the right file, or set {key}.md5 to {actual} if it is" if local else
-               f"download it again (a cut download), or set {key}.md5 to {actual} if this archive is right")
-        raise UserError(f"{key}.md5: {local or url} has md5 {actual}, expected {md5}; {fix} (null skips the check)")
+        fix = (
+            f"check that {key}.url names the right file, or set {key}.md5 to {actual} if it is"
+            if local
+            else f"download it again (a cut download), or set {key}.md5 to {actual} if this archive is right"
+        )
+        raise UserError(
+            f"{key}.md5: {local or url} has md5 {actual}, expected {md5}; {fix} (null skips the check)"
+        )
     return actual
 
 
@@ -89,9 +99,13 @@ def fetch(url, md5, dest_dir, key):
     local = local_file(url, key)
     name = local.name if local else urllib.parse.unquote(urllib.parse.urlparse(url).path).rsplit("/", 1)[-1]
     if name in ("", ".", ".."):  # params' check refuses these too; the archive is saved under this name
-        raise UserError(f"{key}.url: {shown(url)} does not end in the archive's file name; give the archive's own URL")
+        raise UserError(
+            f"{key}.url: {shown(url)} does not end in the archive's file name; give the archive's own URL"
+        )
     if md5 is None:
-        print(f"warning: {key}.md5 is null: the archive's integrity is not checked", file=sys.stderr, flush=True)
+        print(
+            f"warning: {key}.md5 is null: the archive's integrity is not checked", file=sys.stderr, flush=True
+        )
     dest_dir.parent.mkdir(parents=True, exist_ok=True)
     remove_stale(dest_dir)  # a killed earlier run's download
     folder = temporary(dest_dir)
@@ -116,8 +130,10 @@ def main():
             np.savez(out / f"{split}.npz", x=x, y=y)
         (out / "classes.json").write_text(json.dumps(classes, indent=1) + "\n")
     counts = {s: np.bincount(y, minlength=len(classes)) for s, (_, y) in splits.items()}
-    print(f"prepare@{dataset}: {len(splits['train'][1])} train, {len(splits['test'][1])} test images, "
-          f"{len(classes)} classes ({counts['train'].min()}-{counts['train'].max()} train images per class)")
+    print(
+        f"prepare@{dataset}: {len(splits['train'][1])} train, {len(splits['test'][1])} test images, "
+        f"{len(classes)} classes ({counts['train'].min()}-{counts['train'].max()} train images per class)"
+    )
 
 
 if __name__ == "__main__":

@@ -7,18 +7,27 @@ params.yaml holds the GPU study (width 1.0, 150 epochs: weeks on a CPU). On a CP
   10 epochs, 2 seeds: the variants separate.
 The step schedule is in fractions of training, so it scales with the epochs as it is.
 """
+
 import shlex
 
 RECIPES = {
-    "quick-look": {"model.width": 0.25, "train.limit": 8000, "train.validation": 1000, "train.epochs": 4,
-                   "train.batch_size": 64, "train.learning_rate": 0.05},
+    "quick-look": {
+        "model.width": 0.25,
+        "train.limit": 8000,
+        "train.validation": 1000,
+        "train.epochs": 4,
+        "train.batch_size": 64,
+        "train.learning_rate": 0.05,
+    },
     "cpu-study": {"model.width": 0.25, "train.epochs": 10, "train.learning_rate": 0.05, "grid.seed": "[0,1]"},
 }
 
 
 def command(name):
     """The one command that runs a recipe as a named DVC experiment."""
-    return f"dvc exp run -n {name} " + " ".join(f"-S {shlex.quote(f'{k}={v}')}" for k, v in RECIPES[name].items())
+    return f"dvc exp run -n {name} " + " ".join(
+        f"-S {shlex.quote(f'{k}={v}')}" for k, v in RECIPES[name].items()
+    )
 
 
 if __name__ == "__main__":

@@ -7,13 +7,14 @@ the md5 of its content, for http(s) the md5 params.yaml gives (a remote file is 
 prepare@<dataset> depends on the stamp: same archive, same bytes, so prepare and everything after it stay
 cached; another archive, another stamp, and prepare reruns. Touching the file changes nothing.
 """
+
 import argparse
 import json
 from pathlib import Path
 
 from stages.cli import cli
-from stages.params import data_params, dataset_argument, local_file
 from stages.outputs import atomic_path, digest
+from stages.params import data_params, dataset_argument, local_file
 
 SOURCE = Path("data/source")
 

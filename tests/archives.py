@@ -3,6 +3,7 @@
 Class c is a fixed random colour plus a fixed random 4x4 pattern (upsampled), plus noise: a small
 convnet separates them in a couple of epochs, and every pixel is known, so decoding can be checked bit-exactly.
 """
+
 import io
 import pickle
 import tarfile
@@ -15,7 +16,9 @@ CIFAR10_NAMES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog",
 def class_names(dataset, labels="fine"):
     if dataset == "cifar10":
         return list(CIFAR10_NAMES)
-    return [f"fine_{i:03d}" for i in range(100)] if labels == "fine" else [f"coarse_{i:02d}" for i in range(20)]
+    return (
+        [f"fine_{i:03d}" for i in range(100)] if labels == "fine" else [f"coarse_{i:02d}" for i in range(20)]
+    )
 
 
 def make_images(num_classes, per_class, seed=0, noise=24.0):
@@ -51,8 +54,10 @@ class _Py2Pickler(pickle._Pickler):
 
     def save_bytes(self, obj):
         n = len(obj)
-        self.write((pickle.SHORT_BINSTRING + bytes([n]) if n < 256
-                    else pickle.BINSTRING + n.to_bytes(4, "little")) + obj)
+        self.write(
+            (pickle.SHORT_BINSTRING + bytes([n]) if n < 256 else pickle.BINSTRING + n.to_bytes(4, "little"))
+            + obj
+        )
         self.memoize(obj)
 
     dispatch = dict(pickle._Pickler.dispatch)
@@ -64,7 +69,9 @@ def _pickle(obj, old_numpy_path=True):
     _Py2Pickler(buf, protocol=2).dump(obj)
     raw = buf.getvalue()
     if old_numpy_path:  # the official files name numpy's array rebuilder by its pre-2.0 module path
-        raw = raw.replace(b"cnumpy._core.multiarray\n_reconstruct\n", b"cnumpy.core.multiarray\n_reconstruct\n")
+        raw = raw.replace(
+            b"cnumpy._core.multiarray\n_reconstruct\n", b"cnumpy.core.multiarray\n_reconstruct\n"
+        )
     return raw
 
 
@@ -79,28 +86,48 @@ def python_members(dataset, data, old_numpy_path=True):
     if dataset == "cifar10":
         x, y, _ = data["train"]
         parts = np.array_split(np.arange(len(y)), 5)
-        members = {f"cifar-10-batches-py/data_batch_{i + 1}": {b"batch_label": f"training batch {i + 1} of 5".encode(),
-                   b"labels": y[p].tolist(), b"data": to_planes(x[p]), b"filenames": [b"x.png"] * len(p)}
-                   for i, p in enumerate(parts)}
+        members = {
+            f"cifar-10-batches-py/data_batch_{i + 1}": {
+                b"batch_label": f"training batch {i + 1} of 5".encode(),
+                b"labels": y[p].tolist(),
+                b"data": to_planes(x[p]),
+                b"filenames": [b"x.png"] * len(p),
+            }
+            for i, p in enumerate(parts)
+        }
         xt, yt, _ = data["test"]
-        members["cifar-10-batches-py/test_batch"] = {b"batch_label": b"testing batch 1 of 1", b"labels": yt.tolist(),
-                                                     b"data": to_planes(xt), b"filenames": [b"x.png"] * len(yt)}
-        members["cifar-10-batches-py/batches.meta"] = {b"label_names": [n.encode() for n in CIFAR10_NAMES],
-                                                       b"num_cases_per_batch": len(y) // 5, b"num_vis": 3072}
+        members["cifar-10-batches-py/test_batch"] = {
+            b"batch_label": b"testing batch 1 of 1",
+            b"labels": yt.tolist(),
+            b"data": to_planes(xt),
+            b"filenames": [b"x.png"] * len(yt),
+        }
+        members["cifar-10-batches-py/batches.meta"] = {
+            b"label_names": [n.encode() for n in CIFAR10_NAMES],
+            b"num_cases_per_batch": len(y) // 5,
+            b"num_vis": 3072,
+        }
     else:
         members = {}
         for split in ("train", "test"):
             x, fine, coarse = data[split]
-            members[f"cifar-100-python/{split}"] = {b"filenames": [b"x.png"] * len(fine), b"batch_label": split.encode(),
-                                                   b"fine_labels": fine.tolist(), b"coarse_labels": coarse.tolist(),
-                                                   b"data": to_planes(x)}
-        members["cifar-100-python/meta"] = {b"fine_label_names": [n.encode() for n in class_names(dataset, "fine")],
-                                            b"coarse_label_names": [n.encode() for n in class_names(dataset, "coarse")]}
+            members[f"cifar-100-python/{split}"] = {
+                b"filenames": [b"x.png"] * len(fine),
+                b"batch_label": split.encode(),
+                b"fine_labels": fine.tolist(),
+                b"coarse_labels": coarse.tolist(),
+                b"data": to_planes(x),
+            }
+        members["cifar-100-python/meta"] = {
+            b"fine_label_names": [n.encode() for n in class_names(dataset, "fine")],
+            b"coarse_label_names": [n.encode() for n in class_names(dataset, "coarse")],
+        }
     return {k: _pickle(v, old_numpy_path) for k, v in members.items()}
 
 
 def binary_members(dataset, data):
     """{member name: bytes} of the binary layout."""
+
     def records(split):
         x, fine, coarse = data[split]
         labels = [fine[:, None]] if dataset == "cifar10" else [coarse[:, None], fine[:, None]]
@@ -115,9 +142,12 @@ def binary_members(dataset, data):
         members["cifar-10-batches-bin/test_batch.bin"] = records("test")
         members["cifar-10-batches-bin/batches.meta.txt"] = ("\n".join(CIFAR10_NAMES) + "\n\n").encode()
         return members
-    return {"cifar-100-binary/train.bin": records("train"), "cifar-100-binary/test.bin": records("test"),
-            "cifar-100-binary/fine_label_names.txt": "\n".join(class_names(dataset, "fine")).encode(),
-            "cifar-100-binary/coarse_label_names.txt": "\n".join(class_names(dataset, "coarse")).encode()}
+    return {
+        "cifar-100-binary/train.bin": records("train"),
+        "cifar-100-binary/test.bin": records("test"),
+        "cifar-100-binary/fine_label_names.txt": "\n".join(class_names(dataset, "fine")).encode(),
+        "cifar-100-binary/coarse_label_names.txt": "\n".join(class_names(dataset, "coarse")).encode(),
+    }
 
 
 def write_archive(path, members, compression="gz"):

@@ -1,4 +1,5 @@
 """Shared fixtures: the tests' own archives and temporary git+DVC copies of this project."""
+
 import atexit
 import collections
 import functools
@@ -21,13 +22,27 @@ PROJECT_FILES = ["stages", "dvc.yaml", "params.yaml", ".dvc/plots", ".dvc/config
 TINY = {
     "model": {"width": 0.125},
     "grid": {"dataset": ["cifar10"], "activation": ["relu", "elu"], "batch_norm": [False], "seed": [0]},
-    "train": {"epochs": 2, "batch_size": 32, "learning_rate": 0.05, "validation": 40, "limit": None,
-              "precision": "float32", "probe_images": 32},
+    "train": {
+        "epochs": 2,
+        "batch_size": 32,
+        "learning_rate": 0.05,
+        "validation": 40,
+        "limit": None,
+        "precision": "float32",
+        "probe_images": 32,
+    },
     "evaluate": {"batch_size": 100},
 }
-ENV = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
-       "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@example.com", "GIT_COMMITTER_NAME": "t",
-       "GIT_COMMITTER_EMAIL": "t@example.com", "DVC_NO_ANALYTICS": "1", "PYTHONPATH": ""}
+ENV = {
+    **os.environ,
+    "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+    "GIT_AUTHOR_NAME": "t",
+    "GIT_AUTHOR_EMAIL": "t@example.com",
+    "GIT_COMMITTER_NAME": "t",
+    "GIT_COMMITTER_EMAIL": "t@example.com",
+    "DVC_NO_ANALYTICS": "1",
+    "PYTHONPATH": "",
+}
 
 
 # what a backend's processes run with: under JAX, an interpreter where TensorFlow is not installed, as on the
@@ -37,8 +52,9 @@ BACKEND_ENV = {"tensorflow": ENV, "jax": {**ENV, "PYTHONPATH": str(ROOT / "tests
 
 def run(args, cwd, check=True, timeout=900, env=ENV):
     """Runs a command (a list) in cwd; returns the CompletedProcess with stdout and stderr merged."""
-    p = subprocess.run(args, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                       timeout=timeout)
+    p = subprocess.run(
+        args, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=timeout
+    )
     if check and p.returncode != 0:
         raise AssertionError(f"{' '.join(map(str, args))} exited {p.returncode}:\n{p.stdout[-6000:]}")
     return p
@@ -83,7 +99,9 @@ def make_project(dest, archive, params=None):
     """A git+DVC repo at dest holding this project, with params.yaml pointed at archive; first commit made
     (dvclive's Live() needs one)."""
     dest = Path(dest)
-    shutil.copytree(_initialised(), dest, symlinks=True, dirs_exist_ok=True)  # first: the project's .dvc/ files win
+    shutil.copytree(
+        _initialised(), dest, symlinks=True, dirs_exist_ok=True
+    )  # first: the project's .dvc/ files win
     for f in PROJECT_FILES:
         src = ROOT / f
         (dest / f).parent.mkdir(parents=True, exist_ok=True)
@@ -91,8 +109,13 @@ def make_project(dest, archive, params=None):
             shutil.copytree(src, dest / f, ignore=shutil.ignore_patterns("__pycache__"), dirs_exist_ok=True)
         else:
             shutil.copy(src, dest / f)
-    set_params(dest, **merge(merge(merge({}, TINY), {"data": {"cifar10": {"url": str(archive), "md5": md5(archive)}}}),
-                             params or {}))
+    set_params(
+        dest,
+        **merge(
+            merge(merge({}, TINY), {"data": {"cifar10": {"url": str(archive), "md5": md5(archive)}}}),
+            params or {},
+        ),
+    )
     git("add", "-A", cwd=dest)
     git("commit", "-qm", "project", cwd=dest)
     return dest

@@ -1,5 +1,6 @@
 """stages/checkpoint.py in-process, on a small real Keras model: the newest intact checkpoint is resumed; damaged
 ones (checksum, epoch count, step count, history beyond train.epochs) and other configurations' never are."""
+
 import json
 
 import numpy as np
@@ -7,12 +8,19 @@ import pytest
 
 from stages import checkpoint
 
-FINGERPRINT = {"dataset": "cifar10", "activation": "relu", "seed": 0, "train": {"epochs": 5}, "code_sha256": {}}
+FINGERPRINT = {
+    "dataset": "cifar10",
+    "activation": "relu",
+    "seed": 0,
+    "train": {"epochs": 5},
+    "code_sha256": {},
+}
 STEPS = 3  # optimizer steps per epoch
 
 
 def build():
     import keras
+
     keras.utils.set_random_seed(0)
     model = keras.Sequential([keras.Input((4,)), keras.layers.Dropout(0.1), keras.layers.Dense(2)])
     model.compile(keras.optimizers.SGD(0.1, momentum=0.9), "mse")
@@ -44,7 +52,9 @@ def test_newest_intact_checkpoint_is_resumed_with_optimizer_and_dropout_state(tw
     assert (start, len(history)) == (2, 2) and same(model, trained)
     assert int(model.optimizer.iterations) == 2 * STEPS
     states = [np.asarray(v) for v in checkpoint.seed_states(model)]
-    assert states and all(np.array_equal(a, np.asarray(b)) for a, b in zip(states, checkpoint.seed_states(trained)))
+    assert states and all(
+        np.array_equal(a, np.asarray(b)) for a, b in zip(states, checkpoint.seed_states(trained))
+    )
 
 
 def damage(ckpt, kind):
@@ -63,16 +73,27 @@ def damage(ckpt, kind):
         meta_path.write_text(meta_path.read_text()[:30])
     elif kind == "no history":
         meta_path.unlink()
-    elif kind == "history claims more epochs than the weights hold":  # epoch 1's weights under epoch 2's history
+    elif (
+        kind == "history claims more epochs than the weights hold"
+    ):  # epoch 1's weights under epoch 2's history
         weights.write_bytes((ckpt / "epoch-0001/model.weights.h5").read_bytes())
         meta_path.write_text(json.dumps({**meta, "weights_sha256": checkpoint.sha256(weights)}))
     elif kind == "history claims an epoch beyond train.epochs":
         meta_path.write_text(json.dumps({**meta, "epoch": 7, "history": meta["history"] * 4}))
 
 
-@pytest.mark.parametrize("kind", ["flipped byte", "truncated", "missing weights", "bad history", "no history",
-                                  "history claims more epochs than the weights hold",
-                                  "history claims an epoch beyond train.epochs"])
+@pytest.mark.parametrize(
+    "kind",
+    [
+        "flipped byte",
+        "truncated",
+        "missing weights",
+        "bad history",
+        "no history",
+        "history claims more epochs than the weights hold",
+        "history claims an epoch beyond train.epochs",
+    ],
+)
 def test_damaged_checkpoint_is_not_used(two_epochs, capsys, kind):
     ckpt, _ = two_epochs
     one = build()
@@ -96,8 +117,13 @@ def test_every_checkpoint_damaged_starts_over_from_a_fresh_model(two_epochs, cap
 @pytest.mark.parametrize("change", ["other params", "other code", "missing config"])
 def test_checkpoint_of_another_configuration_is_discarded(two_epochs, change):
     ckpt, _ = two_epochs
-    fingerprint = {**FINGERPRINT, "train": {"epochs": 6}} if change == "other params" else \
-        {**FINGERPRINT, "code_sha256": {"stages/train.py": "0" * 64}} if change == "other code" else FINGERPRINT
+    fingerprint = (
+        {**FINGERPRINT, "train": {"epochs": 6}}
+        if change == "other params"
+        else {**FINGERPRINT, "code_sha256": {"stages/train.py": "0" * 64}}
+        if change == "other code"
+        else FINGERPRINT
+    )
     if change == "missing config":
         (ckpt / "config.json").unlink()
     model, start, history = checkpoint.resume(ckpt, fingerprint, build, STEPS)

@@ -1,6 +1,7 @@
 """stages/cifar.py against its spec, in process and without TensorFlow: bit-exact decoding of both layouts of
 both datasets, layout told by content, and every bad archive refused with a UserError naming the file and the
 problem."""
+
 import io
 import os
 import pickle
@@ -11,8 +12,16 @@ import pytest
 
 from stages import cifar
 from stages.params import UserError
-from tests.archives import (CIFAR10_NAMES, _pickle, add_member, binary_members, class_names, make_dataset,
-                            python_members, write_archive)
+from tests.archives import (
+    CIFAR10_NAMES,
+    _pickle,
+    add_member,
+    binary_members,
+    class_names,
+    make_dataset,
+    python_members,
+    write_archive,
+)
 
 PY10 = "cifar-10-batches-py"
 BIN10 = "cifar-10-batches-bin"
@@ -48,6 +57,7 @@ def unpickled(raw):
 
 # --- decoding ------------------------------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("layout", ["python", "binary"])
 def test_cifar10_decodes_bit_exactly(tmp_path, c10, layout):
     path = write_archive(tmp_path / "a.tar.gz", members("cifar10", layout, c10))
@@ -65,7 +75,9 @@ def test_cifar10_decodes_bit_exactly(tmp_path, c10, layout):
 
 @pytest.mark.parametrize("layout", ["python", "binary"])
 @pytest.mark.parametrize("labels, classes_expected", [("fine", 100), ("coarse", 20)])
-def test_cifar100_decodes_bit_exactly_with_fine_or_coarse_labels(tmp_path, c100, layout, labels, classes_expected):
+def test_cifar100_decodes_bit_exactly_with_fine_or_coarse_labels(
+    tmp_path, c100, layout, labels, classes_expected
+):
     path = write_archive(tmp_path / "a.tar.gz", members("cifar100", layout, c100))
     splits, classes = cifar.read(path, "cifar100", labels)
     assert classes == class_names("cifar100", labels) and len(classes) == classes_expected
@@ -104,14 +116,20 @@ def test_plane_order_on_hand_made_pixels(tmp_path, layout):
     rows, labels = hand_made_rows(10), [3, 1, 4, 0, 5, 9, 2, 6, 8, 7]  # two per batch, every class once
     test_rows, test_labels = hand_made_rows(10), [9, 0, 1, 2, 3, 4, 5, 6, 7, 8]
     if layout == "python":
-        m = {f"{PY10}/data_batch_{b}": _pickle({b"data": rows[2 * b - 2:2 * b], b"labels": labels[2 * b - 2:2 * b]})
-             for b in range(1, 6)}
+        m = {
+            f"{PY10}/data_batch_{b}": _pickle(
+                {b"data": rows[2 * b - 2 : 2 * b], b"labels": labels[2 * b - 2 : 2 * b]}
+            )
+            for b in range(1, 6)
+        }
         m[f"{PY10}/test_batch"] = _pickle({b"data": test_rows, b"labels": test_labels})
         m[f"{PY10}/batches.meta"] = _pickle({b"label_names": [n.encode() for n in CIFAR10_NAMES]})
     else:
         records = [bytes([lab]) + r.tobytes() for lab, r in zip(labels, rows)]
-        m = {f"{BIN10}/data_batch_{b}.bin": b"".join(records[2 * b - 2:2 * b]) for b in range(1, 6)}
-        m[f"{BIN10}/test_batch.bin"] = b"".join(bytes([lab]) + r.tobytes() for lab, r in zip(test_labels, test_rows))
+        m = {f"{BIN10}/data_batch_{b}.bin": b"".join(records[2 * b - 2 : 2 * b]) for b in range(1, 6)}
+        m[f"{BIN10}/test_batch.bin"] = b"".join(
+            bytes([lab]) + r.tobytes() for lab, r in zip(test_labels, test_rows)
+        )
         m[f"{BIN10}/batches.meta.txt"] = "\n".join(CIFAR10_NAMES).encode()
     splits, _ = cifar.read(write_archive(tmp_path / "a.tar.gz", m), "cifar10")
     x, y = splits["train"]
@@ -132,16 +150,19 @@ def test_pickles_naming_either_numpy_module_path_are_read(tmp_path, c10, old_num
     np.testing.assert_array_equal(splits["test"][0], c10["test"][0])
 
 
-@pytest.mark.parametrize("layout, name", [("binary", "cifar-10-python.tar.gz"), ("python", "cifar-10-binary.tar.gz"),
-                                          ("python", "download")])
+@pytest.mark.parametrize(
+    "layout, name",
+    [("binary", "cifar-10-python.tar.gz"), ("python", "cifar-10-binary.tar.gz"), ("python", "download")],
+)
 def test_layout_is_told_by_content_not_file_name(tmp_path, c10, layout, name):
     path = write_archive(tmp_path / name, members("cifar10", layout, c10))
     splits, _ = cifar.read(path, "cifar10")
     np.testing.assert_array_equal(splits["train"][0], c10["train"][0])
 
 
-@pytest.mark.parametrize("compression, name", [(None, "a.tar"), (None, "a.tar.gz"), ("bz2", "a.tar.bz2"),
-                                               ("xz", "a.tar.xz")])
+@pytest.mark.parametrize(
+    "compression, name", [(None, "a.tar"), (None, "a.tar.gz"), ("bz2", "a.tar.bz2"), ("xz", "a.tar.xz")]
+)
 def test_uncompressed_and_other_compressions(tmp_path, c10, compression, name):
     path = write_archive(tmp_path / name, members("cifar10", "binary", c10), compression=compression)
     splits, _ = cifar.read(path, "cifar10")
@@ -175,6 +196,7 @@ def test_members_in_any_order_and_nothing_written_to_disk(tmp_path, c10, monkeyp
 
 # --- damaged files -------------------------------------------------------------------------------------------
 
+
 @pytest.fixture
 def good_gz(tmp_path, c10):
     return write_archive(tmp_path / "cifar-10-python.tar.gz", python_members("cifar10", c10))
@@ -183,7 +205,7 @@ def good_gz(tmp_path, c10):
 @pytest.mark.parametrize("keep", [0.5, 0.9, -1])
 def test_truncated_gzip(good_gz, keep):
     raw = good_gz.read_bytes()
-    good_gz.write_bytes(raw[:int(len(raw) * keep)] if keep > 0 else raw[:keep])  # -1: the last byte cut
+    good_gz.write_bytes(raw[: int(len(raw) * keep)] if keep > 0 else raw[:keep])  # -1: the last byte cut
     message = read_error(good_gz)
     assert "not a readable tar archive" in message and "download it again" in message
 
@@ -192,7 +214,7 @@ def test_truncated_gzip(good_gz, keep):
 def test_corrupt_gzip(good_gz, where):
     raw = bytearray(good_gz.read_bytes())
     start = int(len(raw) * where)
-    raw[start:start + 16] = bytes(b ^ 0xFF for b in raw[start:start + 16])
+    raw[start : start + 16] = bytes(b ^ 0xFF for b in raw[start : start + 16])
     good_gz.write_bytes(bytes(raw))
     message = read_error(good_gz)
     assert "not a readable tar archive" in message
@@ -204,7 +226,7 @@ def test_damaged_uncompressed_tar(tmp_path, c10):
     raw = bytearray(path.read_bytes())
     with tarfile.open(path) as tar:
         offset = tar.getmember(f"{PY10}/data_batch_3").offset  # its header
-    raw[offset:offset + 100] = b"\xff" * 100
+    raw[offset : offset + 100] = b"\xff" * 100
     path.write_bytes(bytes(raw))
     # tarfile alone stops quietly at a garbled header (the rest would just be missing): named as damage
     assert "damaged tar header" in read_error(path)
@@ -221,10 +243,16 @@ def test_no_such_file(tmp_path):
     assert "not a readable tar archive" in read_error(tmp_path / "nothing.tar.gz")
 
 
-@pytest.mark.parametrize("layout, dropped", [("python", f"{PY10}/test_batch"), ("python", f"{PY10}/batches.meta"),
-                                             ("python", f"{PY10}/data_batch_4"),
-                                             ("binary", f"{BIN10}/test_batch.bin"),
-                                             ("binary", f"{BIN10}/batches.meta.txt")])
+@pytest.mark.parametrize(
+    "layout, dropped",
+    [
+        ("python", f"{PY10}/test_batch"),
+        ("python", f"{PY10}/batches.meta"),
+        ("python", f"{PY10}/data_batch_4"),
+        ("binary", f"{BIN10}/test_batch.bin"),
+        ("binary", f"{BIN10}/batches.meta.txt"),
+    ],
+)
 def test_missing_member(tmp_path, c10, layout, dropped):
     m = members("cifar10", layout, c10)
     del m[dropped]
@@ -255,7 +283,7 @@ def test_binary_records_of_the_wrong_size(tmp_path, c10, change):
     m = binary_members("cifar10", c10)
     name = f"{BIN10}/data_batch_2.bin"
     how, n = change.split()
-    m[name] = m[name][:-int(n)] if how == "cut" else m[name] + b"\7" * int(n)
+    m[name] = m[name][: -int(n)] if how == "cut" else m[name] + b"\7" * int(n)
     message = read_error(write_archive(tmp_path / "a.tar.gz", m))
     assert name in message and "3073-byte records" in message
 
@@ -319,10 +347,12 @@ def test_cifar100_python_coarse_label_out_of_range(tmp_path, c100):
     labels = unpickled(m[name])[b"coarse_labels"]
     labels[0] = 20
     rewrite_python(m, name, coarse_labels=labels)
-    assert "labels must lie in 0..19" in read_error(write_archive(tmp_path / "a.tar.gz", m), "cifar100", "coarse")
+    assert "labels must lie in 0..19" in read_error(
+        write_archive(tmp_path / "a.tar.gz", m), "cifar100", "coarse"
+    )
 
 
-@pytest.mark.parametrize("labels", [[b"cat"] * 8, [None] * 8, [2 ** 70] * 8, "not a list"])
+@pytest.mark.parametrize("labels", [[b"cat"] * 8, [None] * 8, [2**70] * 8, "not a list"])
 def test_python_labels_that_are_not_integers(tmp_path, c10, labels):
     m = rewrite_python(python_members("cifar10", c10), f"{PY10}/test_batch", labels=labels)
     assert f"{PY10}/test_batch" in read_error(write_archive(tmp_path / "a.tar.gz", m))
@@ -335,9 +365,16 @@ def test_python_labels_count_differs_from_images(tmp_path, c10):
     assert "8 images but 7 labels" in read_error(write_archive(tmp_path / "a.tar.gz", m))
 
 
-@pytest.mark.parametrize("data", [np.zeros((8, 3000), np.uint8), np.zeros((8, 3072), np.int64),
-                                  np.zeros((8, 3, 32, 32), np.uint8), np.zeros(8 * 3072, np.uint8)],
-                         ids=["3000-bytes", "int64", "4-d", "flat"])
+@pytest.mark.parametrize(
+    "data",
+    [
+        np.zeros((8, 3000), np.uint8),
+        np.zeros((8, 3072), np.int64),
+        np.zeros((8, 3, 32, 32), np.uint8),
+        np.zeros(8 * 3072, np.uint8),
+    ],
+    ids=["3000-bytes", "int64", "4-d", "flat"],
+)
 def test_python_images_that_are_not_3072_bytes(tmp_path, c10, data):
     m = rewrite_python(python_members("cifar10", c10), f"{PY10}/data_batch_4", data=data)
     message = read_error(write_archive(tmp_path / "a.tar.gz", m))
@@ -358,11 +395,17 @@ def test_python_batch_that_is_not_a_pickle(tmp_path, c10):
     assert "not a CIFAR pickle" in read_error(write_archive(tmp_path / "a.tar.gz", m))
 
 
-@pytest.mark.parametrize("layout, meta", [("python", f"{PY10}/batches.meta"), ("binary", f"{BIN10}/batches.meta.txt")])
+@pytest.mark.parametrize(
+    "layout, meta", [("python", f"{PY10}/batches.meta"), ("binary", f"{BIN10}/batches.meta.txt")]
+)
 def test_wrong_number_of_class_names(tmp_path, c10, layout, meta):
     m = members("cifar10", layout, c10)
     nine = CIFAR10_NAMES[:9]
-    m[meta] = _pickle({b"label_names": [n.encode() for n in nine]}) if layout == "python" else "\n".join(nine).encode()
+    m[meta] = (
+        _pickle({b"label_names": [n.encode() for n in nine]})
+        if layout == "python"
+        else "\n".join(nine).encode()
+    )
     message = read_error(write_archive(tmp_path / "a.tar.gz", m))
     assert "9 class names, expected 10" in message
 
@@ -372,13 +415,16 @@ def hostile_pickle(module, name, arg):
     return f"c{module}\n{name}\n(V{arg}\ntR.".encode()
 
 
-@pytest.mark.parametrize("module, name, code", [
-    ("os", "system", "touch {marker}"),
-    ("posix", "system", "touch {marker}"),
-    ("builtins", "eval", "open({marker!r}, 'w').close()"),
-    ("builtins", "exec", "open({marker!r}, 'w').close()"),
-    ("subprocess", "check_call", "touch {marker}"),
-])
+@pytest.mark.parametrize(
+    "module, name, code",
+    [
+        ("os", "system", "touch {marker}"),
+        ("posix", "system", "touch {marker}"),
+        ("builtins", "eval", "open({marker!r}, 'w').close()"),
+        ("builtins", "exec", "open({marker!r}, 'w').close()"),
+        ("subprocess", "check_call", "touch {marker}"),
+    ],
+)
 @pytest.mark.parametrize("member", ["data_batch_1", "batches.meta"])
 def test_hostile_pickle_is_refused_and_never_executed(tmp_path, c10, module, name, code, member):
     marker = str(tmp_path / "pwned")
@@ -415,8 +461,15 @@ def test_hostile_global_hidden_inside_a_valid_batch(tmp_path, c10):
     assert not marker.exists()
 
 
-@pytest.mark.parametrize("module, name", [("numpy", "load"), ("numpy", "frombuffer"),
-                                          ("numpy.core.multiarray", "scalar"), ("numpy.lib.format", "read_array")])
+@pytest.mark.parametrize(
+    "module, name",
+    [
+        ("numpy", "load"),
+        ("numpy", "frombuffer"),
+        ("numpy.core.multiarray", "scalar"),
+        ("numpy.lib.format", "read_array"),
+    ],
+)
 def test_only_the_array_rebuilders_of_numpy_are_allowed(tmp_path, c10, module, name):
     m = python_members("cifar10", c10)
     m[f"{PY10}/test_batch"] = hostile_pickle(module, name, "x")
@@ -424,6 +477,7 @@ def test_only_the_array_rebuilders_of_numpy_are_allowed(tmp_path, c10, module, n
 
 
 # --- hostile tar members -------------------------------------------------------------------------------------
+
 
 def tar_with(path, c10, extra, compression="gz"):
     """A valid python-layout cifar10 archive plus one extra member (a TarInfo, given its data if a file)."""
@@ -449,19 +503,33 @@ def special_info(name, type_, linkname=""):
     return info, None
 
 
-@pytest.mark.parametrize("extra, why", [
-    (file_info("/tmp/cifar-evil"), "absolute"),
-    (file_info("../evil"), "'..'"),
-    (file_info(f"{PY10}/../../evil"), "'..'"),
-    (file_info(f"./{PY10}/.."), "'..'"),
-    (special_info(f"{PY10}/evil-link", tarfile.SYMTYPE, "/etc/passwd"), "links"),
-    (special_info(f"{PY10}/data_batch_9", tarfile.SYMTYPE, "data_batch_1"), "links"),
-    (special_info(f"{PY10}/hard", tarfile.LNKTYPE, f"{PY10}/data_batch_1"), "links"),
-    (special_info(f"{PY10}/null", tarfile.CHRTYPE), "devices"),
-    (special_info(f"{PY10}/disk", tarfile.BLKTYPE), "devices"),
-    (special_info(f"{PY10}/fifo", tarfile.FIFOTYPE), "devices"),
-], ids=["absolute", "dotdot", "dotdot-inside", "dotdot-end", "symlink-out", "symlink-in", "hardlink", "chr",
-        "blk", "fifo"])
+@pytest.mark.parametrize(
+    "extra, why",
+    [
+        (file_info("/tmp/cifar-evil"), "absolute"),
+        (file_info("../evil"), "'..'"),
+        (file_info(f"{PY10}/../../evil"), "'..'"),
+        (file_info(f"./{PY10}/.."), "'..'"),
+        (special_info(f"{PY10}/evil-link", tarfile.SYMTYPE, "/etc/passwd"), "links"),
+        (special_info(f"{PY10}/data_batch_9", tarfile.SYMTYPE, "data_batch_1"), "links"),
+        (special_info(f"{PY10}/hard", tarfile.LNKTYPE, f"{PY10}/data_batch_1"), "links"),
+        (special_info(f"{PY10}/null", tarfile.CHRTYPE), "devices"),
+        (special_info(f"{PY10}/disk", tarfile.BLKTYPE), "devices"),
+        (special_info(f"{PY10}/fifo", tarfile.FIFOTYPE), "devices"),
+    ],
+    ids=[
+        "absolute",
+        "dotdot",
+        "dotdot-inside",
+        "dotdot-end",
+        "symlink-out",
+        "symlink-in",
+        "hardlink",
+        "chr",
+        "blk",
+        "fifo",
+    ],
+)
 def test_unsafe_tar_members_are_refused(tmp_path, c10, extra, why):
     path = tar_with(tmp_path / "a.tar.gz", c10, extra)
     message = read_error(path)
@@ -485,18 +553,27 @@ def test_hardlink_replacing_a_batch_is_refused(tmp_path, c10):
 
 # --- the wrong dataset ---------------------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("layout", ["python", "binary"])
 def test_cifar100_archive_given_as_cifar10(tmp_path, c100, layout):
     path = write_archive(tmp_path / "cifar-10-python.tar.gz", members("cifar100", layout, c100))
     message = read_error(path, "cifar10")
-    assert "not a cifar10 archive" in message and "looks like cifar100" in message and "data.cifar10.url" in message
+    assert (
+        "not a cifar10 archive" in message
+        and "looks like cifar100" in message
+        and "data.cifar10.url" in message
+    )
 
 
 @pytest.mark.parametrize("layout", ["python", "binary"])
 def test_cifar10_archive_given_as_cifar100(tmp_path, c10, layout):
     path = write_archive(tmp_path / "cifar-100-python.tar.gz", members("cifar10", layout, c10))
     message = read_error(path, "cifar100", "coarse")
-    assert "not a cifar100 archive" in message and "looks like cifar10" in message and "data.cifar100.url" in message
+    assert (
+        "not a cifar100 archive" in message
+        and "looks like cifar10" in message
+        and "data.cifar100.url" in message
+    )
 
 
 def test_unrelated_archive(tmp_path):

@@ -2,13 +2,14 @@
 per label kind: fine labels under TensorFlow, coarse under JAX (in an interpreter without TensorFlow). Each label
 kind and each backend is decoded bit-exactly and trained elsewhere (test_cifar, test_train); what this adds is the
 pipeline with a class count other than 10, and the pairing keeps it to two `dvc repro`s."""
+
 import json
 import sys
 
 import pytest
 
 from tests.archives import write_cifar
-from tests.conftest import BACKEND_ENV, md5, make_project, run
+from tests.conftest import BACKEND_ENV, make_project, md5, run
 
 pytestmark = pytest.mark.e2e  # trains and runs DVC: the whole module is outside the fast tier
 
@@ -19,11 +20,17 @@ ENTRY = "cifar100-elu-False-0"
 def test_cifar100_through_train_evaluate_and_report(tmp_path, labels, classes, backend):
     archive = tmp_path / "cifar-100-python.tar.gz"
     write_cifar(archive, "cifar100", "python", train_per_class=4, test_per_class=2)  # per fine class
-    repo = make_project(tmp_path / "repo", archive, {
-        "dataset": "cifar100", "activation": "elu",
-        "grid": {"dataset": ["cifar100"], "activation": ["elu"], "batch_norm": [False], "seed": [0]},
-        "train": {"epochs": 1, "validation": 100, "backend": backend, "probe_images": 32},
-        "data": {"cifar100": {"url": str(archive), "md5": md5(archive), "labels": labels}}})
+    repo = make_project(
+        tmp_path / "repo",
+        archive,
+        {
+            "dataset": "cifar100",
+            "activation": "elu",
+            "grid": {"dataset": ["cifar100"], "activation": ["elu"], "batch_norm": [False], "seed": [0]},
+            "train": {"epochs": 1, "validation": 100, "backend": backend, "probe_images": 32},
+            "data": {"cifar100": {"url": str(archive), "md5": md5(archive), "labels": labels}},
+        },
+    )
     out = run([sys.executable, "-m", "dvc", "repro", "report"], repo, env=BACKEND_ENV[backend]).stdout
 
     assert len(json.loads((repo / "data/prepared/cifar100/classes.json").read_text())) == classes

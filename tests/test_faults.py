@@ -2,6 +2,7 @@
 a training process killed with SIGKILL mid-epoch, a damaged checkpoint, a loss that diverges, a damaged
 prepared file. Each `dvc repro` imports TensorFlow once per stage (~10 s), so the runs are few and each one
 is checked for several things. docs/faults.md lists what the user sees and what is kept."""
+
 import json
 import math
 import os
@@ -17,8 +18,8 @@ import psutil  # a dependency of DVC
 import pytest
 import yaml
 
-from stages.params import UserError
 from stages.entry import load_split
+from stages.params import UserError
 from tests.conftest import ENV, dvc, make_project, md5
 
 OUTPUT_DIRS = ["models", "data", "metrics", "results", "dvclive", "reports", "plots"]
@@ -27,8 +28,12 @@ EPOCHS = 4
 
 def leftovers(repo):
     """Temporary files or folders of atomic writes (.<name>.XXXX.tmp) and downloads (.download-*)."""
-    return sorted(str(p.relative_to(repo)) for d in OUTPUT_DIRS for p in Path(repo, d).rglob("*")
-                  if p.name.endswith(".tmp") or p.name.startswith(".download-"))
+    return sorted(
+        str(p.relative_to(repo))
+        for d in OUTPUT_DIRS
+        for p in Path(repo, d).rglob("*")
+        if p.name.endswith(".tmp") or p.name.startswith(".download-")
+    )
 
 
 def lock_stages(repo):
@@ -38,8 +43,10 @@ def lock_stages(repo):
 
 def strict_json(path):
     """JSON as the standard has it: NaN and Infinity are not numbers there (jq, browsers and Studio refuse them)."""
+
     def refuse(name):
         raise AssertionError(f"{path}: {name} is not JSON")
+
     return json.loads(Path(path).read_text(), parse_constant=refuse)
 
 
@@ -55,22 +62,32 @@ def model_files(repo, entry):
 
 # --- SIGKILL mid-epoch, then a damaged checkpoint -----------------------------------------------------------
 
+
 def wait_for_second_entry(repo, proc, log, timeout=600):
     """Waits until one grid entry is trained and the next one has finished epoch 2 and is in epoch 3; returns
     (the training process, its entry, the finished entry)."""
     entries = ["cifar10-relu-False-0", "cifar10-elu-False-0"]
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        assert proc.poll() is None, f"dvc repro ended (exit {proc.returncode}) before the kill:\n{log.read_text()}"
+        assert proc.poll() is None, (
+            f"dvc repro ended (exit {proc.returncode}) before the kill:\n{log.read_text()}"
+        )
         done = [e for e in entries if model_files(repo, e)[0].exists()]
         out = log.read_text()
         for e in set(entries) - set(done):
             started = out.find(f"training models/grid/{e}.keras")
-            second = re.search(rf"epoch 2/{EPOCHS}: .* seconds ([0-9.e+-]+)", out[started:]) if started >= 0 else None
+            second = (
+                re.search(rf"epoch 2/{EPOCHS}: .* seconds ([0-9.e+-]+)", out[started:])
+                if started >= 0
+                else None
+            )
             if len(done) == 1 and second:
                 time.sleep(min(float(second.group(1)) / 2, 5))  # into epoch 3
-                [trainer] = [p for p in psutil.Process(proc.pid).children(recursive=True)
-                             if "stages.train" in p.cmdline()]
+                [trainer] = [
+                    p
+                    for p in psutil.Process(proc.pid).children(recursive=True)
+                    if "stages.train" in p.cmdline()
+                ]
                 assert f"epoch 3/{EPOCHS}" not in log.read_text()[started:], "epoch 3 ended before the kill"
                 return trainer, e, done[0]
         time.sleep(0.05)
@@ -82,12 +99,21 @@ def killed(tmp_path_factory, cifar10_archive):
     """A grid of two: the first entry trained, the second killed with SIGKILL in epoch 3, the newest of its two
     checkpoints then damaged (one byte flipped), and `dvc repro report` run again."""
     # width 0.5: an epoch takes a few seconds, so the kill lands inside one
-    repo = make_project(tmp_path_factory.mktemp("killed") / "repo", cifar10_archive,
-                        {"model": {"width": 0.5}, "train": {"epochs": EPOCHS, "learning_rate": 0.01}})
+    repo = make_project(
+        tmp_path_factory.mktemp("killed") / "repo",
+        cifar10_archive,
+        {"model": {"width": 0.5}, "train": {"epochs": EPOCHS, "learning_rate": 0.01}},
+    )
     log = repo.parent / "first-repro.log"
     with open(log, "w") as f:
-        proc = subprocess.Popen([sys.executable, "-m", "dvc", "repro", "report"], cwd=repo, env=ENV, stdout=f,
-                                stderr=subprocess.STDOUT, start_new_session=True)
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "dvc", "repro", "report"],
+            cwd=repo,
+            env=ENV,
+            stdout=f,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
     try:
         trainer, victim, finished = wait_for_second_entry(repo, proc, log)
         trainer.send_signal(signal.SIGKILL)
@@ -97,12 +123,17 @@ def killed(tmp_path_factory, cifar10_archive):
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
     ckpt = repo / "checkpoints/grid" / victim
-    before = {"out": log.read_text(), "status": proc.returncode, "leftovers": leftovers(repo),
-              "lock": lock_stages(repo), "victim_files": [p.exists() for p in model_files(repo, victim)],
-              "victim_metrics": (repo / f"metrics/grid/{victim}.json").exists(),
-              "checkpoints": sorted(d.name for d in ckpt.glob("epoch-*")),
-              "curve": curve_steps(repo, victim),
-              "finished": {p: (p.stat().st_mtime_ns, md5(p)) for p in model_files(repo, finished)}}
+    before = {
+        "out": log.read_text(),
+        "status": proc.returncode,
+        "leftovers": leftovers(repo),
+        "lock": lock_stages(repo),
+        "victim_files": [p.exists() for p in model_files(repo, victim)],
+        "victim_metrics": (repo / f"metrics/grid/{victim}.json").exists(),
+        "checkpoints": sorted(d.name for d in ckpt.glob("epoch-*")),
+        "curve": curve_steps(repo, victim),
+        "finished": {p: (p.stat().st_mtime_ns, md5(p)) for p in model_files(repo, finished)},
+    }
     newest = ckpt / before["checkpoints"][-1] / "model.weights.h5"
     damaged = bytearray(newest.read_bytes())
     damaged[len(damaged) // 2] ^= 0xFF  # same size, same name: only the checksum tells
@@ -116,12 +147,16 @@ def test_kill_leaves_no_half_written_output(killed):
     b, victim = killed["before"], killed["victim"]
     assert b["status"] != 0
     assert f"ERROR: failed to reproduce 'train@{victim}'" in b["out"]
-    assert b["victim_files"] == [False, False] and not b["victim_metrics"]  # outputs appear only when complete
+    assert (
+        b["victim_files"] == [False, False] and not b["victim_metrics"]
+    )  # outputs appear only when complete
     assert b["leftovers"] == []
     assert f"train@{killed['finished']}" in b["lock"]  # the finished one is recorded
     assert f"train@{victim}" not in b["lock"]
     assert b["checkpoints"] in (["epoch-0001", "epoch-0002"], ["epoch-0002", "epoch-0003"])  # the newest two
-    assert b["curve"] == [str(e) for e in range(int(b["checkpoints"][-1][-4:]))]  # curves of finished epochs only
+    assert b["curve"] == [
+        str(e) for e in range(int(b["checkpoints"][-1][-4:]))
+    ]  # curves of finished epochs only
 
 
 @pytest.mark.e2e
@@ -138,14 +173,18 @@ def test_rerun_resumes_the_killed_entry_from_its_newest_intact_checkpoint(killed
     first = killed["before"]["out"].split(f"training models/grid/{victim}.keras")[1]
     assert again.search(first) and again.search(first).group(1) == again.search(out).group(1)
     summary = json.loads((repo / f"models/grid/{victim}.json").read_text())
-    assert summary["resumed_from_epoch"] == n and summary["epochs_completed"] == EPOCHS and not summary["diverged"]
+    assert (
+        summary["resumed_from_epoch"] == n
+        and summary["epochs_completed"] == EPOCHS
+        and not summary["diverged"]
+    )
     assert curve_steps(repo, victim) == [str(e) for e in range(EPOCHS)]  # the curves are whole again
     assert not (repo / "checkpoints/grid" / victim).exists()  # done: its checkpoints are removed
 
 
 @pytest.mark.e2e
 def test_rerun_does_not_retrain_the_finished_entry(killed):
-    repo, finished, out = killed["repo"], killed["finished"], killed["out"]
+    _repo, finished, out = killed["repo"], killed["finished"], killed["out"]
     assert f"Stage 'train@{finished}' didn't change, skipping" in out
     assert f"training models/grid/{finished}.keras" not in out
     for path, (mtime, digest) in killed["before"]["finished"].items():
@@ -175,12 +214,19 @@ def test_damaged_prepared_file_is_refused_then_restored_without_retraining(kille
     status = json.loads(dvc("status", "--json", cwd=repo).stdout.strip().splitlines()[-1])
     assert status["prepare@cifar10"] == [{"changed outs": {"data/prepared/cifar10": "modified"}}]
 
-    p = subprocess.run([sys.executable, "-m", "stages.train", "cifar10-relu-False-0"], cwd=repo, env=ENV,
-                       text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE, timeout=600)
+    p = subprocess.run(
+        [sys.executable, "-m", "stages.train", "cifar10-relu-False-0"],
+        cwd=repo,
+        env=ENV,
+        text=True,
+        capture_output=True,
+        timeout=600,
+    )
     errors = [line for line in p.stderr.splitlines() if line.startswith("error: ")]
     assert p.returncode == 2 and errors == [
         "error: data/prepared/cifar10/train.npz: damaged or unreadable (BadZipFile: File is not a zip file); "
-        "rebuild it with `dvc repro -f prepare@cifar10` or restore it with `dvc checkout`"]
+        "rebuild it with `dvc repro -f prepare@cifar10` or restore it with `dvc checkout`"
+    ]
     assert "training" not in p.stdout and not [f for f in (repo / "checkpoints").rglob("*") if f.is_file()]
     assert {p: md5(p) for p in models} == models  # refused before anything was written
 
@@ -192,13 +238,19 @@ def test_damaged_prepared_file_is_refused_then_restored_without_retraining(kille
 
 # --- divergence ---------------------------------------------------------------------------------------------
 
+
 @pytest.mark.e2e
 def test_diverging_entry_is_flagged_and_the_study_completes(tmp_path, cifar10_archive):
     """lr 10 with no momentum: ReLU's loss becomes NaN within three epochs, the sigmoid's stays finite. Integer
     learning_rate and momentum, as a user types them, are accepted by training too (regression)."""
-    repo = make_project(tmp_path / "repo", cifar10_archive, {
-        "grid": {"activation": ["relu", "sigmoid"]},
-        "train": {"learning_rate": 10, "momentum": 0, "lr_schedule": "constant", "epochs": 3}})
+    repo = make_project(
+        tmp_path / "repo",
+        cifar10_archive,
+        {
+            "grid": {"activation": ["relu", "sigmoid"]},
+            "train": {"learning_rate": 10, "momentum": 0, "lr_schedule": "constant", "epochs": 3},
+        },
+    )
     out = dvc("repro", "report", cwd=repo).stdout  # exit 0 or AssertionError
 
     s = json.loads((repo / "models/grid/cifar10-relu-False-0.json").read_text())
@@ -224,13 +276,26 @@ def test_json_outputs_are_strict_json(tmp_path):
     """A variant whose every run diverged in its first epoch has no seconds per epoch: null, not NaN (which
     Python writes and reads but jq, browsers and DVC Studio refuse). Regression: summary.json held NaN."""
     from stages.outputs import write_json
-    write_json(tmp_path / "m.json", {"seconds_per_epoch": float("nan"), "x": [np.float32("inf"), np.float64(0.5)],
-                                     "n": np.int64(3), "diverged": np.bool_(True)})
-    assert strict_json(tmp_path / "m.json") == {"seconds_per_epoch": None, "x": [None, 0.5], "n": 3,
-                                                "diverged": True}
+
+    write_json(
+        tmp_path / "m.json",
+        {
+            "seconds_per_epoch": float("nan"),
+            "x": [np.float32("inf"), np.float64(0.5)],
+            "n": np.int64(3),
+            "diverged": np.bool_(True),
+        },
+    )
+    assert strict_json(tmp_path / "m.json") == {
+        "seconds_per_epoch": None,
+        "x": [None, 0.5],
+        "n": 3,
+        "diverged": True,
+    }
 
 
 # --- damaged files, in-process ------------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("damage", ["truncated", "flipped data", "flipped header", "empty", "not a zip"])
 def test_damaged_npz_is_refused_in_one_line(tmp_path, monkeypatch, damage):
@@ -263,7 +328,9 @@ def test_npz_of_the_wrong_shape_is_refused(tmp_path, monkeypatch):
     path = Path("data/prepared/cifar10/test.npz")
     path.parent.mkdir(parents=True)
     np.savez(path, x=np.zeros((4, 32, 32), np.uint8), y=np.zeros(4, np.int64))
-    with pytest.raises(UserError, match=r"expected x \(N, 32, 32, 3\) uint8 .* rebuild it with `dvc repro -f"):
+    with pytest.raises(
+        UserError, match=r"expected x \(N, 32, 32, 3\) uint8 .* rebuild it with `dvc repro -f"
+    ):
         load_split("cifar10", "test", 10)
     np.savez(path, x=np.zeros((4, 32, 32, 3), np.uint8), y=np.full(4, 10))  # label 10 of 10 classes
     with pytest.raises(UserError, match="labels < 10"):

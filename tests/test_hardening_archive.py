@@ -1,6 +1,7 @@
 """What an outside attack on the archive reader found (issue 9), each tried again: multi-member compressed
 archives, size and pickle bombs, malformed contents. Every bad archive must end in one line naming the file,
 quickly and in little memory; the hostile ones run in a child process so their peak memory is their own."""
+
 import bz2
 import gzip
 import io
@@ -17,7 +18,7 @@ import pytest
 from stages import cifar
 from tests.archives import CIFAR10_NAMES, _pickle, binary_members, make_dataset, python_members, write_archive
 from tests.conftest import ENV, ROOT
-from tests.test_cifar import PY10, BIN10, read_error, rewrite_python, unpickled
+from tests.test_cifar import BIN10, PY10, read_error, rewrite_python, unpickled
 
 COMPRESS = {"gz": gzip.compress, "bz2": bz2.compress, "xz": lzma.compress, None: bytes}
 
@@ -32,6 +33,7 @@ def tar_bytes(tmp_path, members):
 
 
 # --- 1. multi-member archives ----------------------------------------------------------------------------------
+
 
 def split_at_members(raw):
     """A plain tar's bytes cut at every member's header: what `split` at member boundaries gives."""
@@ -61,7 +63,10 @@ def test_multi_member_archive_reads_like_a_single_member_one(tmp_path, c10, comp
 def test_second_tar_appended_after_the_end_is_refused(tmp_path, c10):
     """`cat a.tar b.tar | gzip`: tar stops at a's end marker, b would be ignored without a word."""
     m = python_members("cifar10", c10)
-    raw = tar_bytes(tmp_path, m) + write_archive(tmp_path / "b.tar", {"extra": b"x"}, compression=None).read_bytes()
+    raw = (
+        tar_bytes(tmp_path, m)
+        + write_archive(tmp_path / "b.tar", {"extra": b"x"}, compression=None).read_bytes()
+    )
     path = tmp_path / "a.tar.gz"
     path.write_bytes(gzip.compress(raw))
     assert "data after the end of the tar archive" in read_error(path)
@@ -87,8 +92,14 @@ print(next(int(l.split()[1]) for l in open("/proc/self/status") if l.startswith(
 def read_in_child(path):
     """(the one stderr line, peak resident MB) of cifar.read(path) in a fresh process; fails on a traceback or
     when it runs past 120 s (the zero-stride pickle used to burn CPU until killed)."""
-    p = subprocess.run([sys.executable, "-c", CHILD, str(path)], cwd=ROOT, env={**ENV, "PYTHONPATH": str(ROOT)},
-                       capture_output=True, text=True, timeout=120)
+    p = subprocess.run(
+        [sys.executable, "-c", CHILD, str(path)],
+        cwd=ROOT,
+        env={**ENV, "PYTHONPATH": str(ROOT)},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     lines = p.stderr.strip().splitlines()
     assert p.returncode == 0 and len(lines) == 1 and lines[0].startswith("error: "), p.stderr[-3000:]
     return lines[0], int(p.stdout.split()[-1])
@@ -102,8 +113,14 @@ def huge_header(name, size):
     return info.tobuf(format=tarfile.GNU_FORMAT) + b"\0" * 1024
 
 
-@pytest.mark.parametrize("name, size", [(f"{PY10}/data_batch_1", 1_900_000_000), (f"{PY10}/readme.html", 10 ** 12),
-                                        (f"{PY10}/batches.meta", 100_000_000)])
+@pytest.mark.parametrize(
+    "name, size",
+    [
+        (f"{PY10}/data_batch_1", 1_900_000_000),
+        (f"{PY10}/readme.html", 10**12),
+        (f"{PY10}/batches.meta", 100_000_000),
+    ],
+)
 def test_member_larger_than_the_layout_holds_is_refused_from_its_header(tmp_path, c10, name, size):
     m = python_members("cifar10", c10)
     m.pop(name, None)
@@ -113,7 +130,9 @@ def test_member_larger_than_the_layout_holds_is_refused_from_its_header(tmp_path
     path = tmp_path / "a.tar.gz"
     path.write_bytes(gzip.compress(raw[:end] + huge_header(name, size)))
     line, peak = read_in_child(path)
-    assert f"refused member {name!r}: {size} bytes, more than the" in line and "use the official archive" in line
+    assert (
+        f"refused member {name!r}: {size} bytes, more than the" in line and "use the official archive" in line
+    )
     assert peak < 400, peak
 
 
@@ -145,8 +164,9 @@ def zero_stride(shape, dtype):
 
 HOSTILE = {
     # 10^15 images and labels in a few hundred bytes, with numpy globals only
-    "zero-stride": lambda: _pickle({b"data": zero_stride((10 ** 15, 3072), "u1"),
-                                    b"labels": zero_stride((10 ** 15,), "i8")}),
+    "zero-stride": lambda: _pickle(
+        {b"data": zero_stride((10**15, 3072), "u1"), b"labels": zero_stride((10**15,), "i8")}
+    ),
     # a 9-byte pickle naming memo slot 2^28: the C unpickler allocates 4 GB for it
     "memo-index": lambda: b"\x80\x02K\x01r\xff\xff\xff\x0f.",
 }
@@ -162,7 +182,7 @@ def test_hostile_pickle_is_refused_before_anything_is_built(tmp_path, c10, kind)
     payload = HOSTILE[kind]()
     if kind == "zero-stride":
         built = live(payload)
-        assert built[b"data"].shape == (10 ** 15, 3072) and built[b"data"].strides == (0, 0)
+        assert built[b"data"].shape == (10**15, 3072) and built[b"data"].strides == (0, 0)
     m = python_members("cifar10", c10)
     m[f"{PY10}/data_batch_2"] = payload
     line, peak = read_in_child(write_archive(tmp_path / "a.tar.gz", m))
@@ -170,15 +190,23 @@ def test_hostile_pickle_is_refused_before_anything_is_built(tmp_path, c10, kind)
     assert peak < 400, peak
 
 
-@pytest.mark.parametrize("state", [
-    ((10 ** 9, 3072), np.dtype("u1"), b"\0" * 3072),  # claims 10^9 images, holds one
-    ((1, 3072), np.dtype("O"), [0] * 3072),  # objects
-    ((1, 3072), np.dtype(("u1", (10 ** 6,))), b"\0" * 3072),  # a sub-array dtype
-], ids=["shape-beyond-bytes", "object", "subarray"])
+@pytest.mark.parametrize(
+    "state",
+    [
+        ((10**9, 3072), np.dtype("u1"), b"\0" * 3072),  # claims 10^9 images, holds one
+        ((1, 3072), np.dtype("O"), [0] * 3072),  # objects
+        ((1, 3072), np.dtype(("u1", (10**6,))), b"\0" * 3072),  # a sub-array dtype
+    ],
+    ids=["shape-beyond-bytes", "object", "subarray"],
+)
 def test_array_state_that_does_not_match_its_bytes_is_refused(tmp_path, c10, state):
     class State:  # pickles as _reconstruct(ndarray, (0,), b'b') then BUILD with the given state
         def __reduce__(self):
-            return (np.core.multiarray._reconstruct, (np.ndarray, (0,), b"b"), (1, *state[:2], False, state[2]))
+            return (
+                np.core.multiarray._reconstruct,
+                (np.ndarray, (0,), b"b"),
+                (1, *state[:2], False, state[2]),
+            )
 
     m = python_members("cifar10", c10)
     m[f"{PY10}/test_batch"] = _pickle({b"data": State(), b"labels": [0]})
@@ -188,24 +216,35 @@ def test_array_state_that_does_not_match_its_bytes_is_refused(tmp_path, c10, sta
 
 # --- 5. malformed contents: one line, never a traceback or silently wrong data -----------------------------------
 
-@pytest.mark.parametrize("labels, found", [
-    (7, "found int"),
-    ([[3]] * 8, "found list"),
-    ([9.9] * 8, "found float 9.9"),
-    ([True] * 8, "found bool True"),
-], ids=["bare-int", "one-element-lists", "floats", "bools"])
+
+@pytest.mark.parametrize(
+    "labels, found",
+    [
+        (7, "found int"),
+        ([[3]] * 8, "found list"),
+        ([9.9] * 8, "found float 9.9"),
+        ([True] * 8, "found bool True"),
+    ],
+    ids=["bare-int", "one-element-lists", "floats", "bools"],
+)
 def test_python_labels_of_the_wrong_kind(tmp_path, c10, labels, found):
     m = rewrite_python(python_members("cifar10", c10), f"{PY10}/test_batch", labels=labels)
     message = read_error(write_archive(tmp_path / "a.tar.gz", m))
     assert f"{PY10}/test_batch: labels must be a list of integers, {found}" in message
 
 
-@pytest.mark.parametrize("names, expected", [
-    ([n for n in CIFAR10_NAMES], "class names must be a list of byte strings, found list"),  # str, not bytes
-    ("airplane", "class names must be a list of byte strings, found str"),
-    ([n.encode() for n in CIFAR10_NAMES[:9]] + [b"cat"], "class name 'cat' is repeated"),
-    ([n.encode() for n in CIFAR10_NAMES[:9]] + [b""], "class name '' is empty"),
-])
+@pytest.mark.parametrize(
+    "names, expected",
+    [
+        (
+            [n for n in CIFAR10_NAMES],
+            "class names must be a list of byte strings, found list",
+        ),  # str, not bytes
+        ("airplane", "class names must be a list of byte strings, found str"),
+        ([n.encode() for n in CIFAR10_NAMES[:9]] + [b"cat"], "class name 'cat' is repeated"),
+        ([n.encode() for n in CIFAR10_NAMES[:9]] + [b""], "class name '' is empty"),
+    ],
+)
 def test_python_class_names_of_the_wrong_kind(tmp_path, c10, names, expected):
     m = python_members("cifar10", c10)
     m[f"{PY10}/batches.meta"] = _pickle({b"label_names": names})
@@ -240,6 +279,7 @@ def test_prepare_writes_nothing_for_nested_labels(project, tmp_path):
     """Was: y of shape (N, 1) written to data/prepared, then an np.bincount traceback."""
     from tests.conftest import set_params
     from tests.test_prepare import assert_one_error_line, leftovers, prepare
+
     data = make_dataset("cifar10", train_per_class=2, test_per_class=1)
     m = python_members("cifar10", data)
     name = f"{PY10}/data_batch_1"

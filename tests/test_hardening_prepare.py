@@ -1,5 +1,6 @@
 """What an outside attack on prepare@<dataset> found (issue 9), each tried again in a temporary git+DVC copy of
 the project: a local archive replaced at the same path, killed stages' temporaries, unhelpful messages."""
+
 import os
 import signal
 import subprocess
@@ -15,8 +16,8 @@ from tests.archives import write_cifar
 from tests.conftest import ENV, ROOT, dvc, git, md5, set_params
 from tests.test_prepare import assert_one_error_line, leftovers, load_split, prepare
 
-
 # --- 2. a local archive replaced at the same path -------------------------------------------------------------
+
 
 @pytest.mark.e2e
 def test_replaced_local_archive_reruns_prepare_and_only_what_depends_on_it(project, tmp_path):
@@ -64,10 +65,17 @@ cli(main)
 
 def test_sigterm_removes_the_temporary_and_ends_the_process_by_sigterm(tmp_path):
     """Was: SIGTERM (e.g. to `dvc repro`'s process group) left the temporary; only Ctrl-C cleaned up."""
-    p = subprocess.Popen([sys.executable, "-c", SLOW_WRITER, str(tmp_path / "out.npz")], cwd=ROOT,
-                         env={**ENV, "PYTHONPATH": str(ROOT)}, stdout=subprocess.PIPE, text=True)
+    p = subprocess.Popen(
+        [sys.executable, "-c", SLOW_WRITER, str(tmp_path / "out.npz")],
+        cwd=ROOT,
+        env={**ENV, "PYTHONPATH": str(ROOT)},
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     assert p.stdout.readline() == "writing\n"
-    assert len([t for t in tmp_path.iterdir() if t.name.startswith(f".out.npz.{p.pid}.")]) == 1  # being written
+    assert (
+        len([t for t in tmp_path.iterdir() if t.name.startswith(f".out.npz.{p.pid}.")]) == 1
+    )  # being written
     p.send_signal(signal.SIGTERM)
     assert p.wait(timeout=60) == -signal.SIGTERM  # the caller still sees it killed by SIGTERM
     assert list(tmp_path.iterdir()) == []
@@ -81,9 +89,13 @@ def dead_pid():
 
 def test_stale_temporaries_of_the_same_output_are_removed_live_and_other_ones_kept(tmp_path):
     dead, live = dead_pid(), os.getpid()
-    names = {"stale": f".cifar10.{dead}.abcd_123.tmp", "old-style": ".cifar10.x1y2z3w4.tmp",
-             "live": f".cifar10.{live}.abcdefgh.tmp",  # a concurrent writer of the same output
-             "other": f".cifar100.{dead}.abcdefgh.tmp", "other-json": f".cifar10.json.{dead}.abcdefgh.tmp"}
+    names = {
+        "stale": f".cifar10.{dead}.abcd_123.tmp",
+        "old-style": ".cifar10.x1y2z3w4.tmp",
+        "live": f".cifar10.{live}.abcdefgh.tmp",  # a concurrent writer of the same output
+        "other": f".cifar100.{dead}.abcdefgh.tmp",
+        "other-json": f".cifar10.json.{dead}.abcdefgh.tmp",
+    }
     for name in names.values():
         Path(tmp_path, name).mkdir()
         Path(tmp_path, name, "train.npz").write_bytes(b"\0" * 1000)
@@ -96,18 +108,23 @@ def test_stale_temporaries_of_the_same_output_are_removed_live_and_other_ones_ke
 def test_prepare_removes_what_a_killed_run_left_and_git_ignores_temporaries(project):
     """SIGKILL during np.savez or the download left 160-210 MB under data/prepared/.cifar10.*.tmp/ for good."""
     dead = dead_pid()
-    leftovers_before = [Path(project, "data/prepared", f".cifar10.{dead}.abcdefgh.tmp"),
-                        Path(project, "data/raw", f".cifar10.{dead}.abcdefgh.tmp")]
+    leftovers_before = [
+        Path(project, "data/prepared", f".cifar10.{dead}.abcdefgh.tmp"),
+        Path(project, "data/raw", f".cifar10.{dead}.abcdefgh.tmp"),
+    ]
     for d in leftovers_before:
         d.mkdir(parents=True)
         (d / "train.npz").write_bytes(b"\0" * 4096)
-    assert git("status", "--porcelain", cwd=project).stdout == ""  # .gitignore: temporaries are never files to add
+    assert (
+        git("status", "--porcelain", cwd=project).stdout == ""
+    )  # .gitignore: temporaries are never files to add
     status, _, err = prepare(project)
     assert status == 0, err
     assert leftovers(project) == []
 
 
 # --- 6. messages -----------------------------------------------------------------------------------------------
+
 
 def test_url_without_a_file_name_is_one_line_naming_the_key(project):
     """Was: passed the check, then an OSError traceback about `.download-…/./..`."""

@@ -2,6 +2,7 @@
 classes), SIGTERM ignored by a JAX train stage, Ctrl-C's traceback, stages that outlived a killed `dvc repro`,
 and DVC outputs that git would commit after an interrupted `dvc exp run`. Real stages, real DVC, real signals,
 in temporary git+DVC copies of the project."""
+
 import ast
 import os
 import re
@@ -29,10 +30,12 @@ def temporaries(repo):
 
 # --- 10. one UserError class, one line from every stage -------------------------------------------------------------
 
+
 def test_stage_runner_imports_nothing_from_stages_and_is_the_only_home_of_user_error():
     tree = ast.parse((ROOT / "stages/cli.py").read_text())
-    imported = [a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names] + \
-        [n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)]
+    imported = [a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names] + [
+        n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)
+    ]
     assert not [m for m in imported if m and m.split(".")[0] == "stages"], imported
     assert not [n for n in ast.walk(tree) if isinstance(n, ast.Compare) and "__main__" in ast.unparse(n)]
     for path in (ROOT / "stages").glob("*.py"):
@@ -45,12 +48,18 @@ def test_backend_mismatch_is_one_line_from_every_stage_that_reads_it(project, mo
     """Was: 15 lines of traceback ending in the message (`python -m stages.params`: `__main__.UserError` caught,
     `stages.params.UserError` raised by stages/backend.py)."""
     set_params(project, train={"backend": "jax"})
-    status, err, seconds = run_stage(project, module, *([KEY] if module in ("train", "evaluate") else []),
-                                     env={**ENV, "KERAS_BACKEND": "tensorflow"})
+    status, err, seconds = run_stage(
+        project,
+        module,
+        *([KEY] if module in ("train", "evaluate") else []),
+        env={**ENV, "KERAS_BACKEND": "tensorflow"},
+    )
     if module == "report":  # imports Keras (stages.model) before cli() filters TensorFlow's start-up lines
         err = [line for line in err if not TF_LOG.match(line)]
-    assert err == ["error: params.yaml: train.backend = 'jax' but the environment has KERAS_BACKEND=tensorflow; "
-                   "unset KERAS_BACKEND, or set the param: dvc exp run -S train.backend=tensorflow"], err
+    assert err == [
+        "error: params.yaml: train.backend = 'jax' but the environment has KERAS_BACKEND=tensorflow; "
+        "unset KERAS_BACKEND, or set the param: dvc exp run -S train.backend=tensorflow"
+    ], err
     assert status == 2 and seconds < 30
 
 
@@ -58,18 +67,26 @@ def test_backend_mismatch_is_one_line_from_every_stage_that_reads_it(project, mo
 def test_data_stages_print_their_user_error_as_one_line(project, tmp_path, module):
     set_params(project, data={"cifar10": {"url": str(tmp_path / "nowhere.tar.gz")}})
     status, err, _ = run_stage(project, module, "cifar10")
-    assert status == 2 and len(err) == 1 and err[0].startswith("error: data.cifar10.url: ") and \
-        "neither a URL nor an existing file" in err[0], err
+    assert (
+        status == 2
+        and len(err) == 1
+        and err[0].startswith("error: data.cifar10.url: ")
+        and "neither a URL nor an existing file" in err[0]
+    ), err
 
 
 # --- 9. SIGTERM and Ctrl-C end a training stage, on both backends ------------------------------------------------
+
 
 @pytest.fixture(scope="module", params=["tensorflow", "jax"])
 def trainable(request, tmp_path_factory, cifar10_archive):
     """(a project with prepared data and a long run of tiny epochs, the backend's environment)."""
     backend = request.param
-    repo = make_project(tmp_path_factory.mktemp(backend) / "repo", cifar10_archive,
-                        {"train": {"epochs": 300, "backend": backend}})
+    repo = make_project(
+        tmp_path_factory.mktemp(backend) / "repo",
+        cifar10_archive,
+        {"train": {"epochs": 300, "backend": backend}},
+    )
     assert prepare(repo)[0] == 0
     return repo, BACKEND_ENV[backend]
 
@@ -80,8 +97,14 @@ def start_training(repo, env, until):
         shutil.rmtree(repo / d, ignore_errors=True)
     out = repo.parent / f"train-{time.monotonic_ns()}.log"
     with open(out, "w") as f:
-        p = subprocess.Popen([sys.executable, "-m", "stages.train", KEY], cwd=repo, env=env, stdout=f,
-                             stderr=subprocess.PIPE, text=True)
+        p = subprocess.Popen(
+            [sys.executable, "-m", "stages.train", KEY],
+            cwd=repo,
+            env=env,
+            stdout=f,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
     deadline = time.monotonic() + 300
     while until not in out.read_text():
         assert p.poll() is None and time.monotonic() < deadline, (p.returncode, out.read_text()[-2000:])
@@ -90,8 +113,10 @@ def start_training(repo, env, until):
 
 
 @pytest.mark.e2e
-@pytest.mark.parametrize("moment, sig", [("training models/", signal.SIGTERM), ("epoch 2/", signal.SIGTERM),
-                                         ("epoch 2/", signal.SIGINT)])
+@pytest.mark.parametrize(
+    "moment, sig",
+    [("training models/", signal.SIGTERM), ("epoch 2/", signal.SIGTERM), ("epoch 2/", signal.SIGINT)],
+)
 def test_a_signal_ends_the_train_stage_on_both_backends(trainable, moment, sig):
     """SIGTERM while the step is compiled (right after the `training ...` line) and within an epoch; Ctrl-C in an
     epoch. Was on JAX: training went on with SIGTERM in SigIgn (Keras' pythonify_logs swallowed the exception);
@@ -107,12 +132,18 @@ def test_a_signal_ends_the_train_stage_on_both_backends(trainable, moment, sig):
     assert not Path(repo, f"models/grid/{KEY}.keras").exists()
     if sig == signal.SIGINT:
         lines = [line for line in stderr.splitlines() if line.strip()]
-        assert len(lines) == 1 and (m := re.fullmatch(r"interrupted after epoch (\d+) of 300; `dvc repro` resumes "
-                                                      r"from the checkpoint", lines[0])), stderr[-3000:]
+        assert len(lines) == 1 and (
+            m := re.fullmatch(
+                r"interrupted after epoch (\d+) of 300; `dvc repro` resumes "
+                r"from the checkpoint",
+                lines[0],
+            )
+        ), stderr[-3000:]
         assert Path(repo, f"checkpoints/grid/{KEY}/epoch-{int(m[1]):04d}/history.json").is_file()
 
 
 # --- 4. stages die with the dvc that started them ----------------------------------------------------------------
+
 
 @pytest.mark.e2e
 @pytest.mark.parametrize("shell", ["/bin/bash", "/bin/sh"])
@@ -124,15 +155,22 @@ def test_killing_dvc_repro_ends_its_stage(project, sig, shell):
     set_params(project, train={"epochs": 300})
     log = project.parent / "repro.log"
     with open(log, "w") as f:
-        dvc = subprocess.Popen([sys.executable, "-m", "dvc", "repro", f"train@{KEY}"], cwd=project,
-                               env={**ENV, "SHELL": shell}, stdout=f, stderr=subprocess.STDOUT,
-                               start_new_session=True)
+        dvc = subprocess.Popen(
+            [sys.executable, "-m", "dvc", "repro", f"train@{KEY}"],
+            cwd=project,
+            env={**ENV, "SHELL": shell},
+            stdout=f,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
     try:
         deadline = time.monotonic() + 300
         while "epoch 1/300" not in log.read_text():
             assert dvc.poll() is None and time.monotonic() < deadline, log.read_text()[-3000:]
             time.sleep(0.05)
-        stages = [c for c in psutil.Process(dvc.pid).children(recursive=True) if "stages.train" in c.cmdline()]
+        stages = [
+            c for c in psutil.Process(dvc.pid).children(recursive=True) if "stages.train" in c.cmdline()
+        ]
         assert len(stages) == 1
         os.kill(dvc.pid, sig)  # dvc alone, not its process group
         dvc.wait(timeout=30)
@@ -145,6 +183,7 @@ def test_killing_dvc_repro_ends_its_stage(project, sig, shell):
 
 # --- 11. no DVC output becomes a git-tracked file after an interrupted `dvc exp run` -----------------------------
 
+
 @pytest.mark.e2e
 @pytest.mark.parametrize("backend", ["tensorflow", "jax"])
 def test_ctrl_c_of_dvc_exp_run_leaves_no_output_for_git_to_add(project, backend):
@@ -155,8 +194,14 @@ def test_ctrl_c_of_dvc_exp_run_leaves_no_output_for_git_to_add(project, backend)
     subprocess.run(["git", "commit", "-qam", "long run"], cwd=project, env=ENV, check=True)
     log = project.parent / "exp.log"
     with open(log, "w") as f:
-        exp = subprocess.Popen([sys.executable, "-m", "dvc", "exp", "run"], cwd=project, env=BACKEND_ENV[backend],
-                               stdout=f, stderr=subprocess.STDOUT, start_new_session=True)
+        exp = subprocess.Popen(
+            [sys.executable, "-m", "dvc", "exp", "run"],
+            cwd=project,
+            env=BACKEND_ENV[backend],
+            stdout=f,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
     try:
         deadline = time.monotonic() + 300
         while "epoch 1/300" not in log.read_text():
@@ -167,10 +212,13 @@ def test_ctrl_c_of_dvc_exp_run_leaves_no_output_for_git_to_add(project, backend)
     finally:
         os.killpg(exp.pid, signal.SIGKILL) if exp.poll() is None else None
     assert exp.returncode != 0
-    assert re.search(r"interrupted after epoch \d+ of 300; `dvc repro` resumes from the checkpoint", log.read_text())
+    assert re.search(
+        r"interrupted after epoch \d+ of 300; `dvc repro` resumes from the checkpoint", log.read_text()
+    )
     assert "Traceback" not in log.read_text(), log.read_text()[-3000:]
     assert Path(project, "data/prepared/cifar10/train.npz").is_file()  # prepare ran before the interruption
-    added = subprocess.run(["git", "add", "-A", "--dry-run"], cwd=project, env=ENV, capture_output=True, text=True,
-                           check=True).stdout
+    added = subprocess.run(
+        ["git", "add", "-A", "--dry-run"], cwd=project, env=ENV, capture_output=True, text=True, check=True
+    ).stdout
     paths = [line.split("'")[1] for line in added.splitlines()]
     assert not [p for p in paths if any(p == o or p.startswith(o + "/") for o in OUTPUTS)], paths

@@ -1,6 +1,7 @@
 """stages/pipeline.py in-process: the training batches are a pure function of (seed, epoch), each epoch shows
 every image at most once (the last partial batch dropped), and augmentation is a mirror and a shift of at most
 SHIFT pixels of the image itself, nothing else."""
+
 import itertools
 
 import numpy as np
@@ -27,7 +28,7 @@ def test_batches_depend_on_seed_and_epoch_alone(augment):
     a, b = take(0, augment), take(0, augment)
     assert all(np.array_equal(xa, xb) and np.array_equal(ya, yb) for (xa, ya), (xb, yb) in zip(a, b))
     resumed = take(0, augment, first_epoch=1, epochs=1)  # a run resumed at epoch 1 sees epoch 1's batches
-    assert all(np.array_equal(x, xr) for (x, _), (xr, _) in zip(a[N // B:], resumed))
+    assert all(np.array_equal(x, xr) for (x, _), (xr, _) in zip(a[N // B :], resumed))
     other_seed = take(1, augment)
     assert any(not np.array_equal(ya, yb) for (_, ya), (_, yb) in zip(a, other_seed))
     assert [len(y) for _, y in a] == [B] * 4 and {x.shape for x, _ in a} == {(B, 32, 32, 3)}

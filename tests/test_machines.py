@@ -2,6 +2,7 @@
 params, dvc.lock) and a DVC remote (data, models, curves); a third machine then reproduces the whole pipeline
 from what the two pushed, and trains nothing. Here the machines are three clones and the remotes are a bare
 git repository and a local folder."""
+
 import json
 from pathlib import Path
 
@@ -13,8 +14,11 @@ from tests.conftest import dvc, git, make_project, md5
 pytestmark = pytest.mark.e2e  # trains and runs DVC: the whole module is outside the fast tier
 
 RELU, ELU = "train@cifar10-relu-False-0", "train@cifar10-elu-False-0"
-MODELS = ["models/grid/cifar10-relu-False-0.keras", "models/grid/cifar10-elu-False-0.keras",
-          "models/experiment.keras"]
+MODELS = [
+    "models/grid/cifar10-relu-False-0.keras",
+    "models/grid/cifar10-elu-False-0.keras",
+    "models/experiment.keras",
+]
 
 
 def ignores(repo):
@@ -54,7 +58,9 @@ def test_two_machines_train_at_once_and_a_third_reproduces_without_training(tmp_
     # machine B, at the same time: the other entry, from the same commit (it prepares the data itself)
     out = dvc("repro", ELU, cwd=b).stdout
     assert "training models/grid/cifar10-elu-False-0.keras" in out and out.count("training models/") == 1
-    assert md5(b / "data/prepared/cifar10/train.npz") == md5(a / "data/prepared/cifar10/train.npz")  # same bytes
+    assert md5(b / "data/prepared/cifar10/train.npz") == md5(
+        a / "data/prepared/cifar10/train.npz"
+    )  # same bytes
     dvc("push", cwd=b)
     commit(b, "elu entry, trained on B")
     pushed[MODELS[1]] = md5(b / MODELS[1])
@@ -73,8 +79,10 @@ def test_two_machines_train_at_once_and_a_third_reproduces_without_training(tmp_
     trained = {k: v for k, v in lock(b).items() if k.startswith("train")}
     assert set(trained) == {RELU, ELU, "train_exp"}
     # git ignores every output through the top-level .gitignore (DVC then writes none of its own)
-    assert git("check-ignore", *MODELS[:2], "dvclive/grid/cifar10-elu-False-0", cwd=b).stdout.split() == \
-        [*MODELS[:2], "dvclive/grid/cifar10-elu-False-0"]
+    assert git("check-ignore", *MODELS[:2], "dvclive/grid/cifar10-elu-False-0", cwd=b).stdout.split() == [
+        *MODELS[:2],
+        "dvclive/grid/cifar10-elu-False-0",
+    ]
 
     # machine C: a fresh clone, the data from the DVC remote, the whole pipeline
     c = tmp_path / "c"
@@ -95,4 +103,6 @@ def test_two_machines_train_at_once_and_a_third_reproduces_without_training(tmp_
     summary = json.loads((c / "metrics/summary.json").read_text())["cifar10"]
     assert sorted(summary["variants"]) == ["elu", "relu"]
     again = dvc("repro", cwd=c).stdout  # only source@ runs (always_changed), and its stamp is unchanged
-    assert [line for line in again.splitlines() if line.startswith("Running stage")] == ["Running stage 'source@cifar10':"]
+    assert [line for line in again.splitlines() if line.startswith("Running stage")] == [
+        "Running stage 'source@cifar10':"
+    ]

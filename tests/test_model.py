@@ -1,4 +1,5 @@
 """stages/model.py in-process: ALL-CNN-C's exact shape, parameter count, activations and regularisation."""
+
 import keras
 import numpy as np
 import pytest
@@ -31,8 +32,10 @@ def expected_params(classes, batch_norm, width=1.0, per_channel_extra=0):
     gamma, beta, moving mean and moving variance, plus per_channel_extra (PReLU: one slope per channel)."""
     c_out = channels(classes, width)
     c_in = [3] + c_out[:-1]
-    return sum(k * k * i * o + (4 if batch_norm else 1) * o + per_channel_extra * o
-               for k, i, o in zip(KERNELS, c_in, c_out))
+    return sum(
+        k * k * i * o + (4 if batch_norm else 1) * o + per_channel_extra * o
+        for k, i, o in zip(KERNELS, c_in, c_out)
+    )
 
 
 def convs(model):
@@ -100,8 +103,12 @@ def test_layer_order(batch_norm):
         else:
             assert act.input is conv.output
     assert by_name["drop_input"].input is by_name["standardise"].output
-    assert by_name["drop3"].input is by_name["act3"].output and by_name["conv4"].input is by_name["drop3"].output
-    assert by_name["drop6"].input is by_name["act6"].output and by_name["conv7"].input is by_name["drop6"].output
+    assert (
+        by_name["drop3"].input is by_name["act3"].output and by_name["conv4"].input is by_name["drop3"].output
+    )
+    assert (
+        by_name["drop6"].input is by_name["act6"].output and by_name["conv7"].input is by_name["drop6"].output
+    )
     assert by_name["drop_input"].rate == MODEL["dropout_input"]
     assert by_name["drop3"].rate == by_name["drop6"].rate == MODEL["dropout_hidden"]
     assert isinstance(by_name["pool"], layers.GlobalAveragePooling2D)
@@ -163,8 +170,13 @@ def test_weight_decay_only_on_conv_kernels(activation, batch_norm):
     got = sorted(float(keras.ops.convert_to_numpy(loss)) for loss in model.losses)
     np.testing.assert_allclose(got, expected, rtol=1e-5)
     for layer in model.layers:
-        for attr in ("bias_regularizer", "activity_regularizer", "gamma_regularizer", "beta_regularizer",
-                     "alpha_regularizer"):
+        for attr in (
+            "bias_regularizer",
+            "activity_regularizer",
+            "gamma_regularizer",
+            "beta_regularizer",
+            "alpha_regularizer",
+        ):
             assert getattr(layer, attr, None) is None, f"{layer.name}.{attr}"
 
 
@@ -181,8 +193,12 @@ def test_named_activations():
     x = np.linspace(-3, 3, 13, dtype="float32")[None]
     assert isinstance(make_activation("relu", MODEL), layers.ReLU)
     assert isinstance(make_activation("elu", MODEL), layers.ELU)
-    np.testing.assert_allclose(keras.ops.convert_to_numpy(make_activation("elu", MODEL)(x)),
-                               np.where(x > 0, x, np.expm1(x)), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(
+        keras.ops.convert_to_numpy(make_activation("elu", MODEL)(x)),
+        np.where(x > 0, x, np.expm1(x)),
+        rtol=1e-5,
+        atol=1e-6,
+    )
     for name in ("selu", "gelu", "swish", "tanh"):  # any Keras activation, by name
         act = make_activation(name, MODEL, name="a")
         expected = keras.ops.convert_to_numpy(getattr(keras.activations, name)(x))
@@ -203,7 +219,9 @@ def test_activation_names():
 
 @pytest.mark.parametrize("name", ["rleu", "Relu", "softmax", "linear", ""])
 def test_unknown_activation_is_refused(name):
-    with pytest.raises(ValueError, match=f"unknown activation {name!r}; valid: .*elu.*lrelu.*prelu.*relu.*selu"):
+    with pytest.raises(
+        ValueError, match=f"unknown activation {name!r}; valid: .*elu.*lrelu.*prelu.*relu.*selu"
+    ):
         make_activation(name, MODEL)
     with pytest.raises(ValueError, match="unknown activation"):
         net(name, width=0.125)

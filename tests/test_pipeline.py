@@ -1,5 +1,6 @@
 """The users' workflow end to end, in a temporary git+DVC repo on the tests' own tiny archive:
 repro -> metrics show -> no-op repro -> exp run -S -> metrics diff -> exp show -> plots diff -> queued sweep."""
+
 import json
 
 import pytest
@@ -14,6 +15,7 @@ ENTRIES = ["cifar10-relu-False-0", "cifar10-elu-False-0"]  # the TINY grid
 @pytest.fixture(scope="module")
 def study(tmp_path_factory, cifar10_archive):
     from tests.conftest import make_project
+
     repo = make_project(tmp_path_factory.mktemp("study") / "repo", cifar10_archive)
     out = dvc("repro", cwd=repo).stdout
     git("add", "-A", cwd=repo)
@@ -53,13 +55,19 @@ def test_metrics_show_lists_every_variant(study):
     assert "metrics/experiment.json" in files
     assert "metrics/summary.json" not in files  # its nested ranking would widen every row; shown on request:
     summary = json.loads(dvc("metrics", "show", "--json", "metrics/summary.json", cwd=repo).stdout)
-    assert next(iter(summary.values()))["data"]["metrics/summary.json"]["data"]["cifar10"]["variants"]["elu"]["rank"]
+    assert next(iter(summary.values()))["data"]["metrics/summary.json"]["data"]["cifar10"]["variants"]["elu"][
+        "rank"
+    ]
 
 
 def test_second_repro_does_nothing(study):
     repo, _ = study
-    out = dvc("repro", cwd=repo).stdout  # only source@ runs (always_changed: it stamps the archive), unchanged
-    assert [line for line in out.splitlines() if line.startswith("Running stage")] == ["Running stage 'source@cifar10':"]
+    out = dvc(
+        "repro", cwd=repo
+    ).stdout  # only source@ runs (always_changed: it stamps the archive), unchanged
+    assert [line for line in out.splitlines() if line.startswith("Running stage")] == [
+        "Running stage 'source@cifar10':"
+    ]
     assert "training" not in out and "Running stage 'prepare" not in out
 
 
@@ -92,6 +100,7 @@ def test_experiment_workflow(study, tmp_path):
     dvc("queue", "start", cwd=repo)
     dvc("queue", "status", cwd=repo)
     import time
+
     for _ in range(180):
         status = dvc("queue", "status", cwd=repo).stdout
         if "Queued" not in status and "Running" not in status:
@@ -99,6 +108,10 @@ def test_experiment_workflow(study, tmp_path):
         time.sleep(5)
     assert status.count("Success") == 2, status
     table = json.loads(dvc("exp", "show", "--json", cwd=repo).stdout)
-    params = [e["data"]["params"]["params.yaml"]["data"]["activation"]
-              for row in table for exp in row.get("experiments") or [] for e in exp["revs"]]
+    params = [
+        e["data"]["params"]["params.yaml"]["data"]["activation"]
+        for row in table
+        for exp in row.get("experiments") or []
+        for e in exp["revs"]
+    ]
     assert {"relu", "elu", "prelu"} <= set(params)

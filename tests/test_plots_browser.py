@@ -2,6 +2,7 @@
 blocked: the page template (.dvc/plots/offline.html, set as plots.html_template in .dvc/config) carries
 vega, vega-lite and vega-embed itself. The plot data are small files written here, in the layout the report
 stage and dvclive write, so no model is trained."""
+
 import asyncio
 import json
 import os
@@ -22,9 +23,13 @@ import matplotlib.pyplot as plt  # noqa: E402
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 SCREEN = (1400, 900)  # a laptop's browser window, in CSS pixels
 EPOCHS, VARIANTS = 150, (("relu", False), ("elu", False), ("elu", True))  # of the plot data
-pytestmark = [pytest.mark.e2e,  # trains, runs DVC and a browser: the whole module is outside the fast tier
-              pytest.mark.skipif(not CHROMIUM and os.environ.get("CI") != "true",
-                                 reason="needs Chromium (apt-get install chromium); CI installs it and runs this")]
+pytestmark = [
+    pytest.mark.e2e,  # trains, runs DVC and a browser: the whole module is outside the fast tier
+    pytest.mark.skipif(
+        not CHROMIUM and os.environ.get("CI") != "true",
+        reason="needs Chromium (apt-get install chromium); CI installs it and runs this",
+    ),
+]
 # what the page shows once its scripts ran: charts vega-embed drew (it marks its divs .vega-embed) and images
 PROBE = """JSON.stringify((() => {
   const images = [...document.images];
@@ -67,7 +72,10 @@ CHARTS = """(async () => {
 
 def specs(page):
     """{plot id: its Vega-Lite spec} of a page DVC wrote: one `var spec = {...}; vegaEmbed('#id', spec)` per chart."""
-    return {m[2]: json.loads(m[1]) for m in re.finditer(r"var spec = (.*);\s*vegaEmbed\('#([^']+)'", page.read_text())}
+    return {
+        m[2]: json.loads(m[1])
+        for m in re.finditer(r"var spec = (.*);\s*vegaEmbed\('#([^']+)'", page.read_text())
+    }
 
 
 def charts(page, epochs):
@@ -78,12 +86,25 @@ def write_plot_data(repo, shift):
     """Curves of two variants (plots/curves), the experiment's dvclive TSVs and one report figure (plots/grid)."""
     from stages.entry import variant as label
     from stages.report import colour
+
     epochs = np.arange(1, EPOCHS + 1)
-    curves = pd.concat([pd.DataFrame({"epoch": epochs, "variant": label(a, bn), "seed": 0,
-                                      "accuracy": 0.05 * epochs + k + shift, "val_accuracy": 0.05 * epochs + k,
-                                      "loss": 2 - 0.1 * epochs, "val_loss": 2.1 - k,
-                                      "colour": colour(a, bn, ["relu", "elu"])})
-                        for k, (a, bn) in zip((0.0, 0.05, 0.1), VARIANTS)])
+    curves = pd.concat(
+        [
+            pd.DataFrame(
+                {
+                    "epoch": epochs,
+                    "variant": label(a, bn),
+                    "seed": 0,
+                    "accuracy": 0.05 * epochs + k + shift,
+                    "val_accuracy": 0.05 * epochs + k,
+                    "loss": 2 - 0.1 * epochs,
+                    "val_loss": 2.1 - k,
+                    "colour": colour(a, bn, ["relu", "elu"]),
+                }
+            )
+            for k, (a, bn) in zip((0.0, 0.05, 0.1), VARIANTS)
+        ]
+    )
     (repo / "plots/curves").mkdir(parents=True, exist_ok=True)
     curves.to_csv(repo / "plots/curves/cifar10.tsv", sep="\t", index=False)
     for split in ("train", "eval"):
@@ -100,7 +121,9 @@ def repo(tmp_path_factory, cifar10_archive):
     """A project whose HEAD and workspace hold different plot data, as after `dvc exp run`."""
     repo = make_project(tmp_path_factory.mktemp("plots") / "repo", cifar10_archive)
     write_plot_data(repo, 0.0)
-    git("add", "-f", "plots", "dvclive", cwd=repo)  # by hand here: .gitignore lists them as the stages' outputs
+    git(
+        "add", "-f", "plots", "dvclive", cwd=repo
+    )  # by hand here: .gitignore lists them as the stages' outputs
     git("commit", "-qm", "plot data", cwd=repo)
     write_plot_data(repo, 0.2)
     return repo
@@ -114,8 +137,9 @@ class Cdp:
 
     async def call(self, method, session=None, **params):
         self.n += 1
-        await self.ws.send_json({"id": self.n, "method": method, "params": params,
-                                 **({"sessionId": session} if session else {})})
+        await self.ws.send_json(
+            {"id": self.n, "method": method, "params": params, **({"sessionId": session} if session else {})}
+        )
         while True:
             msg = await self.ws.receive_json()
             if msg.get("id") == self.n:
@@ -126,40 +150,77 @@ class Cdp:
 
 async def _load(ws_url, page, inspect):
     import aiohttp  # dvc's own HTTP client: its websocket speaks to Chromium
+
     async with aiohttp.ClientSession() as http, http.ws_connect(ws_url, max_msg_size=0) as ws:
         cdp = Cdp(ws)
         target = (await cdp.call("Target.createTarget", url="about:blank"))["targetId"]
         sid = (await cdp.call("Target.attachToTarget", targetId=target, flatten=True))["sessionId"]
         for domain in ("Network", "Runtime", "Page"):
             await cdp.call(f"{domain}.enable", sid)
-        await cdp.call("Emulation.setDeviceMetricsOverride", sid, width=SCREEN[0], height=SCREEN[1],
-                       deviceScaleFactor=1, mobile=False)
+        await cdp.call(
+            "Emulation.setDeviceMetricsOverride",
+            sid,
+            width=SCREEN[0],
+            height=SCREEN[1],
+            deviceScaleFactor=1,
+            mobile=False,
+        )
         await cdp.call("Page.navigate", sid, url=page.as_uri())
         charts = page.read_text().count("vegaEmbed(")  # DVC writes one call per chart
-        for _ in range(240):  # until every chart is drawn, or a request or a script failed (then it never will)
-            state = json.loads((await cdp.call("Runtime.evaluate", sid, expression=PROBE,
-                                               returnByValue=True))["result"]["value"])
-            failed = [e["params"] for e in cdp.events if e.get("method") in
-                      ("Network.loadingFailed", "Runtime.exceptionThrown")]
-            if failed or (state["ready"] == "complete" and state["drawn"] == charts
-                          and state["loaded"] == state["images"]):
+        for _ in range(
+            240
+        ):  # until every chart is drawn, or a request or a script failed (then it never will)
+            state = json.loads(
+                (await cdp.call("Runtime.evaluate", sid, expression=PROBE, returnByValue=True))["result"][
+                    "value"
+                ]
+            )
+            failed = [
+                e["params"]
+                for e in cdp.events
+                if e.get("method") in ("Network.loadingFailed", "Runtime.exceptionThrown")
+            ]
+            if failed or (
+                state["ready"] == "complete"
+                and state["drawn"] == charts
+                and state["loaded"] == state["images"]
+            ):
                 break
             await asyncio.sleep(0.25)
-        requests = [e["params"]["request"]["url"] for e in cdp.events if e.get("method") == "Network.requestWillBeSent"]
+        requests = [
+            e["params"]["request"]["url"]
+            for e in cdp.events
+            if e.get("method") == "Network.requestWillBeSent"
+        ]
         found = "{}"
         if inspect:
-            found = (await cdp.call("Runtime.evaluate", sid, expression=inspect, awaitPromise=True,
-                                    returnByValue=True))["result"]["value"]
+            found = (
+                await cdp.call(
+                    "Runtime.evaluate", sid, expression=inspect, awaitPromise=True, returnByValue=True
+                )
+            )["result"]["value"]
         return {**state, "charts": charts, "failed": failed, "requests": requests, "found": json.loads(found)}
 
 
 def load_offline(page, tmp_path, inspect=None):
     """Opens page in headless Chromium that cannot resolve any host name; what it drew, requested and failed, and
     what the JavaScript expression inspect (a JSON string, or a promise of one) found there afterwards."""
-    proc = subprocess.Popen([CHROMIUM, "--headless=new", "--no-sandbox", "--disable-gpu", "--no-first-run",
-                             "--host-resolver-rules=MAP * ~NOTFOUND", "--proxy-server=http://127.0.0.1:9",
-                             f"--user-data-dir={tmp_path / 'profile'}", "--remote-debugging-port=0",
-                             "about:blank"], stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [
+            CHROMIUM,
+            "--headless=new",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--no-first-run",
+            "--host-resolver-rules=MAP * ~NOTFOUND",
+            "--proxy-server=http://127.0.0.1:9",
+            f"--user-data-dir={tmp_path / 'profile'}",
+            "--remote-debugging-port=0",
+            "about:blank",
+        ],
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         for line in proc.stderr:
             if m := re.search(r"DevTools listening on (ws://\S+)", line):
@@ -193,6 +254,7 @@ def test_plots_diff_draws_both_revisions_offline(repo, tmp_path):
 def test_dvc_default_page_is_blank_offline(repo, tmp_path):
     """The control that shows the check can fail: DVC's own page loads vega from a CDN."""
     from dvc_render.html import PAGE_HTML
+
     default = tmp_path / "default.html"
     default.write_text(PAGE_HTML)
     dvc("plots", "show", "--html-template", str(default), "-o", str(tmp_path / "show"), cwd=repo)
@@ -206,6 +268,7 @@ def test_charts_have_integer_epoch_ticks_line_samples_and_the_figures_colours(re
     variant colours of Vega's own scheme, not the PNG figures'."""
     from stages.entry import variant as label
     from stages.report import colour
+
     dvc("plots", "diff", "HEAD", "-o", str(tmp_path / "diff"), cwd=repo)
     page = tmp_path / "diff/index.html"
     found = load_offline(page, tmp_path, charts(page, (1, 2, 3, 7, EPOCHS)))["found"]
@@ -250,13 +313,22 @@ def test_plots_diff_of_two_experiments_leads_with_the_experiment_model(experimen
     charts = specs(page)
     blocks = result["found"]  # in the page's order
     order = [charts[b["id"]]["title"]["text"] if b["id"] in charts else b["heading"] for b in blocks]
-    assert order[:2] == ["Accuracy of the experiment model per epoch", "Loss of the experiment model per epoch"]
-    assert max(b["top"] for b in blocks[:2]) < min(b["top"] for b in blocks[2:])  # and above the grid's on screen
+    assert order[:2] == [
+        "Accuracy of the experiment model per epoch",
+        "Loss of the experiment model per epoch",
+    ]
+    assert max(b["top"] for b in blocks[:2]) < min(
+        b["top"] for b in blocks[2:]
+    )  # and above the grid's on screen
     assert order[2].startswith("The grid, not the experiment model: learning curves")
-    assert sorted(order[3:]) == [f"plots/grid/cifar10_{name}.png" for name in ("bias_shift", "curves", "test_error")]
+    assert sorted(order[3:]) == [
+        f"plots/grid/cifar10_{name}.png" for name in ("bias_shift", "curves", "test_error")
+    ]
     for block in blocks[:2]:  # what differs: the experiment model of each
         assert {v["rev"] for v in charts[block["id"]]["data"]["values"]} == {"exp-elu", "exp-prelu"}
     for name in ("curves", "test_error", "bias_shift"):  # the grid's figures: the same files in both
-        a, b = (tmp_path / f"diff/static/{rev}_plots_grid_cifar10_{name}.png" for rev in ("exp-elu", "exp-prelu"))
+        a, b = (
+            tmp_path / f"diff/static/{rev}_plots_grid_cifar10_{name}.png" for rev in ("exp-elu", "exp-prelu")
+        )
         assert a.read_bytes() == b.read_bytes()
     assert all(0 < right <= SCREEN[0] for b in blocks for right in b["right"])  # side by side in the window

@@ -1,6 +1,7 @@
 """prepare@<dataset> run as users run it: `python -m stages.prepare <dataset>` and `dvc repro prepare@<dataset>`
 in a temporary copy of the project. Each run imports TensorFlow (~10-20 s), so the runs are few and each checks
 several things."""
+
 import json
 import re
 import shutil
@@ -21,13 +22,25 @@ TF_LOG = re.compile(r"^(WARNING: All log messages before absl::InitializeLog\(\)
 
 def prepare(repo, dataset="cifar10"):
     """Runs the stage; returns (exit status, stdout, stderr lines other than TensorFlow's log)."""
-    p = subprocess.run([sys.executable, "-m", "stages.prepare", dataset], cwd=repo, env=ENV, text=True,
-                       stdout=subprocess.PIPE, stderr=subprocess.PIPE, timeout=600)
-    return p.returncode, p.stdout, [line for line in p.stderr.splitlines() if line.strip() and not TF_LOG.match(line)]
+    p = subprocess.run(
+        [sys.executable, "-m", "stages.prepare", dataset],
+        cwd=repo,
+        env=ENV,
+        text=True,
+        capture_output=True,
+        timeout=600,
+    )
+    return (
+        p.returncode,
+        p.stdout,
+        [line for line in p.stderr.splitlines() if line.strip() and not TF_LOG.match(line)],
+    )
 
 
 def load_split(repo, dataset, split):
-    with np.load(Path(repo, "data/prepared", dataset, f"{split}.npz")) as f:  # allow_pickle=False: plain arrays
+    with np.load(
+        Path(repo, "data/prepared", dataset, f"{split}.npz")
+    ) as f:  # allow_pickle=False: plain arrays
         assert sorted(f.files) == ["x", "y"]
         return f["x"], f["y"]
 
@@ -42,7 +55,9 @@ def test_prepare_writes_the_contract(project, cifar10_archive):
     assert status == 0, err
     assert not [line for line in err if "error" in line.lower()], err
     assert "prepare@cifar10: 200 train, 50 test images, 10 classes (20-20 train images per class)" in out
-    expected = make_dataset("cifar10", train_per_class=20, test_per_class=5)  # what the fixture's archive holds
+    expected = make_dataset(
+        "cifar10", train_per_class=20, test_per_class=5
+    )  # what the fixture's archive holds
     for split, n in (("train", 200), ("test", 50)):
         x, y = load_split(project, "cifar10", split)
         assert x.shape == (n, 32, 32, 3) and x.dtype == np.uint8
@@ -53,8 +68,11 @@ def test_prepare_writes_the_contract(project, cifar10_archive):
     raw = Path(project, "data/raw/cifar10")
     assert [p.name for p in raw.iterdir()] == ["cifar-10-python.tar.gz"]  # named as the URL names it
     assert md5(raw / "cifar-10-python.tar.gz") == md5(cifar10_archive)
-    assert sorted(p.name for p in Path(project, "data/prepared/cifar10").iterdir()) == \
-        ["classes.json", "test.npz", "train.npz"]
+    assert sorted(p.name for p in Path(project, "data/prepared/cifar10").iterdir()) == [
+        "classes.json",
+        "test.npz",
+        "train.npz",
+    ]
     assert leftovers(project) == []
 
 
@@ -88,11 +106,15 @@ def test_md5_mismatch_fails_and_writes_nothing(project, cifar10_archive):
 
 
 def test_unreachable_url_says_to_use_a_local_path(project):
-    set_params(project, data={"cifar10": {"url": "http://127.0.0.1:9/cifar-10-python.tar.gz"}})  # port 9: refused
+    set_params(
+        project, data={"cifar10": {"url": "http://127.0.0.1:9/cifar-10-python.tar.gz"}}
+    )  # port 9: refused
     line = assert_one_error_line(*prepare(project)[::2])
     assert "cannot download http://127.0.0.1:9/cifar-10-python.tar.gz" in line
     assert "set data.cifar10.url to its local path" in line
-    assert not Path(project, "data/raw/cifar10").exists() and not Path(project, "data/prepared/cifar10").exists()
+    assert (
+        not Path(project, "data/raw/cifar10").exists() and not Path(project, "data/prepared/cifar10").exists()
+    )
     assert leftovers(project) == []
 
 
@@ -102,6 +124,7 @@ def test_http_download_shows_a_plain_progress_bar_and_prepares(project, cifar10_
     import functools
     import http.server
     import threading
+
     serve = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(cifar10_archive.parent))
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), serve)
     threading.Thread(target=server.serve_forever, daemon=True).start()
@@ -138,13 +161,17 @@ def test_corrupt_archive_leaves_no_prepared_output(project, cifar10_archive, tmp
 def test_cifar100_binary_layout_with_coarse_labels(project, tmp_path):
     archive = tmp_path / "cifar-100-binary.tar.gz"
     data = write_cifar(archive, "cifar100", "binary", train_per_class=2, test_per_class=1)
-    set_params(project, grid={"dataset": ["cifar10", "cifar100"]},
-               data={"cifar100": {"url": str(archive), "md5": md5(archive), "labels": "coarse"}})
+    set_params(
+        project,
+        grid={"dataset": ["cifar10", "cifar100"]},
+        data={"cifar100": {"url": str(archive), "md5": md5(archive), "labels": "coarse"}},
+    )
     status, out, err = prepare(project, "cifar100")
     assert status == 0, err
     assert "prepare@cifar100: 200 train, 100 test images, 20 classes (10-10 train images per class)" in out
-    assert json.loads(Path(project, "data/prepared/cifar100/classes.json").read_text()) == \
-        class_names("cifar100", "coarse")
+    assert json.loads(Path(project, "data/prepared/cifar100/classes.json").read_text()) == class_names(
+        "cifar100", "coarse"
+    )
     for split in ("train", "test"):
         x, y = load_split(project, "cifar100", split)
         np.testing.assert_array_equal(x, data[split][0])
@@ -167,14 +194,20 @@ def test_dvc_repro_tracks_the_archive_and_reruns_nothing(project, cifar10_archiv
     # the archive itself is in DVC's cache, and git ignores it
     digest = md5(cifar10_archive)
     assert Path(project, ".dvc/cache/files/md5", digest[:2], digest[2:]).is_file()
-    assert subprocess.run(["git", "check-ignore", "-q", "data/raw/cifar10/cifar-10-python.tar.gz"],
-                          cwd=project).returncode == 0
+    assert (
+        subprocess.run(
+            ["git", "check-ignore", "-q", "data/raw/cifar10/cifar-10-python.tar.gz"], cwd=project
+        ).returncode
+        == 0
+    )
 
     npz = Path(project, "data/prepared/cifar10/train.npz")
     stamp = npz.stat().st_mtime_ns
     second = dvc("repro", "prepare@cifar10", cwd=project).stdout
     # only the archive's stamp is taken again (source@: always run, it reads the local file); it is unchanged
-    assert [line for line in second.splitlines() if "Running stage" in line] == ["Running stage 'source@cifar10':"]
+    assert [line for line in second.splitlines() if "Running stage" in line] == [
+        "Running stage 'source@cifar10':"
+    ]
     assert "Stage 'prepare@cifar10' didn't change, skipping" in second
     assert npz.stat().st_mtime_ns == stamp
     assert "up to date" in dvc("status", "prepare@cifar10", cwd=project).stdout

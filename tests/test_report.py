@@ -1,6 +1,7 @@
 """The report stage on hand-made grid results (no training): which neighbours the data can tell apart, error
 intervals, figures that state their configuration, PNGs as DVC image plots. Run by real `dvc repro` in a
 temporary git+DVC project."""
+
 import json
 from pathlib import Path
 
@@ -21,23 +22,43 @@ GRID = {"dataset": ["cifar10"], "activation": ["relu", "elu"], "batch_norm": [Fa
 def write_entry(repo, act, bn, seed, right, predictions=True):
     """The files train and evaluate write for one grid entry, in their layout."""
     from stages.entry import paths
+
     p = {k: repo / v for k, v in paths("cifar10", act, bn, seed).items()}
     labels = np.arange(TEST_IMAGES) % CLASSES
     pred = np.where(np.arange(TEST_IMAGES) < right, labels, (labels + 1) % CLASSES)
     confusion = np.zeros((CLASSES, CLASSES), int)
     np.add.at(confusion, (labels, pred), 1)
     error = 1 - right / TEST_IMAGES
-    results = {"classes": [f"c{i}" for i in range(CLASSES)], "confusion": confusion.tolist(),
-               **({"predictions": pred.tolist(), "labels": labels.tolist()} if predictions else {})}
-    metrics = {"test_accuracy": 1 - error, "test_error": error, "test_loss": 1.5, "parameters": 1000, "epochs": 3,
-               "train_seconds": 30.0, "seconds_per_epoch": 10.0 + bn, "diverged": False}
-    for key, obj in (("results", results), ("metrics", metrics), ("summary", {
-            "train_images": 1000, "precision": "float32", "backend": "tensorflow"})):
+    results = {
+        "classes": [f"c{i}" for i in range(CLASSES)],
+        "confusion": confusion.tolist(),
+        **({"predictions": pred.tolist(), "labels": labels.tolist()} if predictions else {}),
+    }
+    metrics = {
+        "test_accuracy": 1 - error,
+        "test_error": error,
+        "test_loss": 1.5,
+        "parameters": 1000,
+        "epochs": 3,
+        "train_seconds": 30.0,
+        "seconds_per_epoch": 10.0 + bn,
+        "diverged": False,
+    }
+    for key, obj in (
+        ("results", results),
+        ("metrics", metrics),
+        ("summary", {"train_images": 1000, "precision": "float32", "backend": "tensorflow"}),
+    ):
         p[key].parent.mkdir(parents=True, exist_ok=True)
         p[key].write_text(json.dumps(obj))
     epochs = np.arange(3)
-    series = {"train/accuracy": 0.2 * epochs, "eval/accuracy": 0.2 * epochs, "train/loss": 2 - epochs / 2,
-              "eval/loss": 2.1 - epochs / 2, **{f"train/act{i}_mean": 0.1 * i + epochs for i in range(1, 10)}}
+    series = {
+        "train/accuracy": 0.2 * epochs,
+        "eval/accuracy": 0.2 * epochs,
+        "train/loss": 2 - epochs / 2,
+        "eval/loss": 2.1 - epochs / 2,
+        **{f"train/act{i}_mean": 0.1 * i + epochs for i in range(1, 10)},
+    }
     for name, values in series.items():
         f = p["live"] / f"plots/metrics/{name}.tsv"
         f.parent.mkdir(parents=True, exist_ok=True)
@@ -61,10 +82,16 @@ def test_neighbours_that_the_test_images_can_tell_apart(study):
     neighbours = summary["neighbours"]
     assert list(neighbours) == ["relu+bn vs elu+bn", "elu+bn vs elu", "elu vs relu"]
     assert {k: v["distinguishable"] for k, v in neighbours.items()} == {
-        "relu+bn vs elu+bn": False, "elu+bn vs elu": True, "elu vs relu": False}
+        "relu+bn vs elu+bn": False,
+        "elu+bn vs elu": True,
+        "elu vs relu": False,
+    }
     first = neighbours["relu+bn vs elu+bn"]
-    assert first["test"].startswith("McNemar") and (first["only_better_right"], first["only_worse_right"]) == (4, 0)
-    assert first["p"] == pytest.approx(2 * 0.5 ** 4)
+    assert first["test"].startswith("McNemar") and (
+        first["only_better_right"],
+        first["only_worse_right"],
+    ) == (4, 0)
+    assert first["p"] == pytest.approx(2 * 0.5**4)
     assert neighbours["elu+bn vs elu"]["p"] < 1e-10
     # `dvc metrics show` keeps it: dicts, not lists
     shown = json.loads(dvc("metrics", "show", "--json", "metrics/summary.json", cwd=study).stdout)
@@ -74,21 +101,29 @@ def test_neighbours_that_the_test_images_can_tell_apart(study):
 
 def test_dvc_metrics_show_prints_the_ranking_as_a_table_a_terminal_holds(study):
     """Was: `dvc metrics show metrics/summary.json`, one row 6,411 characters wide with 245 columns."""
-    out = dvc("metrics", "show", "metrics/rank", cwd=study).stdout  # after a warning: no metrics/experiment.json here
-    lines = [line for line in out[out.index("Path"):].splitlines() if line.strip()]
+    out = dvc(
+        "metrics", "show", "metrics/rank", cwd=study
+    ).stdout  # after a warning: no metrics/experiment.json here
+    lines = [line for line in out[out.index("Path") :].splitlines() if line.strip()]
     assert lines[0].split() == ["Path", "error", "error_lower", "error_upper", "rank", "seeds"]
     variants = json.loads((study / "metrics/summary.json").read_text())["cifar10"]["variants"]
     ranked = sorted(variants, key=lambda v: variants[v]["rank"])
     rows = [line.split() for line in lines[1:]]
     assert [row[0] for row in rows] == [f"metrics/rank/cifar10/{i}-{v}.json" for i, v in enumerate(ranked, 1)]
     for row, v in zip(rows, ranked):
-        expected = [variants[v][k] for k in ("test_error_mean", "test_error_ci_low", "test_error_ci_high", "rank", "n")]
-        assert [float(x) for x in row[1:]] == pytest.approx(expected, abs=1e-4)  # DVC shows 5 significant digits
+        expected = [
+            variants[v][k]
+            for k in ("test_error_mean", "test_error_ci_low", "test_error_ci_high", "rank", "n")
+        ]
+        assert [float(x) for x in row[1:]] == pytest.approx(
+            expected, abs=1e-4
+        )  # DVC shows 5 significant digits
     assert max(map(len, lines)) <= 100
 
 
 def test_one_seed_gets_a_binomial_interval(study):
     from scipy.stats import binomtest
+
     v = json.loads((study / "metrics/summary.json").read_text())["cifar10"]["variants"]["relu+bn"]
     ci = binomtest(50, TEST_IMAGES).proportion_ci(0.95, "wilson")
     assert (v["test_error_ci_low"], v["test_error_ci_high"]) == pytest.approx((ci.low, ci.high))
@@ -98,11 +133,16 @@ def test_one_seed_gets_a_binomial_interval(study):
 def test_report_states_its_configuration_and_links_the_figures(study):
     report = (study / "reports/report.md").read_text()
     params = yaml.safe_load((study / "params.yaml").read_text())
-    config = (f"Configuration: cifar10, width {params['model']['width']}, 1,000 training images, 3 epochs, "
-              f"batch {params['train']['batch_size']}, sgd lr {params['train']['learning_rate']} (×0.1 at "
-              f"57%/71%/86% of training), float32, backend tensorflow, 200 test images, seed 0.")
+    config = (
+        f"Configuration: cifar10, width {params['model']['width']}, 1,000 training images, 3 epochs, "
+        f"batch {params['train']['batch_size']}, sgd lr {params['train']['learning_rate']} (×0.1 at "
+        f"57%/71%/86% of training), float32, backend tensorflow, 200 test images, seed 0."
+    )
     assert config in report
-    assert "Seconds per epoch, and so BN's cost ratio, depend on the machine and on what else ran on it" in report
+    assert (
+        "Seconds per epoch, and so BN's cost ratio, depend on the machine and on what else ran on it"
+        in report
+    )
     assert "| elu+bn | elu | McNemar exact (same test images) |" in report and "| yes |" in report
     for name in ("curves", "test_error", "bias_shift"):
         assert f"](../plots/grid/cifar10_{name}.png)" in report  # relative to reports/
@@ -112,6 +152,7 @@ def test_report_states_its_configuration_and_links_the_figures(study):
 
 def test_figures_tell_activation_bn_and_chance_apart(study, monkeypatch):
     from stages import report
+
     monkeypatch.chdir(study)
     df, curves, correct = report.collect(GRID)
     s, *_ = report.summarise(df, correct)
@@ -120,8 +161,12 @@ def test_figures_tell_activation_bn_and_chance_apart(study, monkeypatch):
     lines = {ln.get_label(): ln for ln in val_accuracy.get_lines()}
     # one colour per variant, the one the interactive charts get (report.colour); BN also by line style
     colours = {v: lines[v].get_color() for v in ("relu", "relu+bn", "elu", "elu+bn")}
-    assert colours == {v: report.colour(v.split("+")[0], v.endswith("+bn"), GRID["activation"]) for v in colours}
-    assert len(set(colours.values())) == 4 and colours["relu+bn"] == report.colour("relu", True, ["selu", "relu"])
+    assert colours == {
+        v: report.colour(v.split("+")[0], v.endswith("+bn"), GRID["activation"]) for v in colours
+    }
+    assert len(set(colours.values())) == 4 and colours["relu+bn"] == report.colour(
+        "relu", True, ["selu", "relu"]
+    )
     assert (lines["relu"].get_linestyle(), lines["relu+bn"].get_linestyle()) == ("--", "-")
     assert lines["chance (1/10)"].get_ydata()[0] == pytest.approx(0.1)
     assert all(t == int(t) for t in val_accuracy.get_xticks())
@@ -134,10 +179,15 @@ def test_figures_tell_activation_bn_and_chance_apart(study, monkeypatch):
 def test_figure_legends_cover_no_data(study, monkeypatch, tmp_path):
     """Were inside the axes, over the curves; now beside them, inside the figure."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
+
     from stages import report
+
     monkeypatch.chdir(study)
     curves = report.collect(GRID)[1]
-    for fig in (report.plot_curves(curves, CLASSES, "config line"), report.plot_bias_shift(curves, "config line")):
+    for fig in (
+        report.plot_curves(curves, CLASSES, "config line"),
+        report.plot_bias_shift(curves, "config line"),
+    ):
         report.save(fig, tmp_path / "figure.png")  # laid out as the report stage lays it out (and closed)
         renderer = FigureCanvasAgg(fig).get_renderer()
         legends = [ax.get_legend() for ax in fig.axes if ax.get_legend()]
@@ -160,6 +210,7 @@ def test_report_says_how_far_it_reproduces_the_write_up(study):
 
 def test_missing_predictions_fall_back_to_counts(study, tmp_path, monkeypatch):
     from stages import report
+
     monkeypatch.chdir(study)
     df, _, correct = report.collect(GRID)
     del correct["cifar10", "elu", 0]
@@ -172,7 +223,9 @@ def test_missing_predictions_fall_back_to_counts(study, tmp_path, monkeypatch):
 def test_plots_diff_shows_each_figure_of_two_revisions(study):
     write_entry(study, "relu", False, 0, 180)  # relu now first: a new ranking
     dvc("repro", "--single-item", "report", cwd=study)
-    out = dvc("plots", "diff", "HEAD", "--json", cwd=study).stdout  # after a warning: no experiment curves here
+    out = dvc(
+        "plots", "diff", "HEAD", "--json", cwd=study
+    ).stdout  # after a warning: no experiment curves here
     shown = json.loads(out.splitlines()[-1])["data"]["plots/grid/cifar10_test_error.png"]
     images = {d["revisions"][0]: Path(d["url"]).read_bytes() for d in shown}
     assert sorted(images) == ["HEAD", "workspace"] and images["HEAD"] != images["workspace"]
@@ -180,12 +233,20 @@ def test_plots_diff_shows_each_figure_of_two_revisions(study):
 
 def test_cifar100_is_held_against_the_write_ups_error():
     from stages import report
-    s = pd.DataFrame({"rank": [1], "test_error_mean": [0.40], "test_error_ci_low": [0.35],
-                      "test_error_ci_high": [0.45]}, index=["relu+bn"])
+
+    s = pd.DataFrame(
+        {"rank": [1], "test_error_mean": [0.40], "test_error_ci_low": [0.35], "test_error_ci_high": [0.45]},
+        index=["relu+bn"],
+    )
     agree = report.agreement("cifar100", s)
     assert "ranking" not in agree
-    assert agree["test_error"]["relu+bn"] == {"write_up": 0.36, "measured": 0.40, "ci_low": 0.35, "ci_high": 0.45,
-                                              "inside_interval": True}
+    assert agree["test_error"]["relu+bn"] == {
+        "write_up": 0.36,
+        "measured": 0.40,
+        "ci_low": 0.35,
+        "ci_high": 0.45,
+        "inside_interval": True,
+    }
     lines = "\n".join(report.agreement_lines("cifar100", agree))
     assert "Write-up's test error of relu+bn: 0.36; this run: 0.4000" in lines and "inside" in lines
     assert "reports nothing on cifar100" not in lines
@@ -195,9 +256,14 @@ def test_cifar100_is_held_against_the_write_ups_error():
 def test_several_seeds_are_tested_over_seeds_with_mcnemar_beside(tmp_path, monkeypatch):
     """Two seeds: Wilcoxon cannot reject, so the paired t-test decides; McNemar on each seed is reported beside."""
     from stages import report
+
     grid = {**GRID, "seed": [0, 1]}
-    right = {("relu", True): (150, 152), ("elu", True): (120, 121), ("elu", False): (100, 102),
-             ("relu", False): (99, 60)}
+    right = {
+        ("relu", True): (150, 152),
+        ("elu", True): (120, 121),
+        ("elu", False): (100, 102),
+        ("relu", False): (99, 60),
+    }
     for (act, bn), per_seed in right.items():
         for seed, k in enumerate(per_seed):
             write_entry(tmp_path, act, bn, seed, k)
@@ -206,29 +272,51 @@ def test_several_seeds_are_tested_over_seeds_with_mcnemar_beside(tmp_path, monke
     s, ranking, tests, neighbours, _ = report.summarise(df, correct)
     assert ranking == ["relu+bn", "elu+bn", "elu", "relu"] and list(s.n) == [2, 2, 2, 2]
     first, _, last = neighbours
-    assert first["test"] == "paired t over 2 seeds" and first["distinguishable"] is True  # 30/31 images: t = 61
-    assert first["mcnemar_p_per_seed"] == {"0": pytest.approx(2 * 0.5 ** 30), "1": pytest.approx(2 * 0.5 ** 31)}
+    assert (
+        first["test"] == "paired t over 2 seeds" and first["distinguishable"] is True
+    )  # 30/31 images: t = 61
+    assert first["mcnemar_p_per_seed"] == {"0": pytest.approx(2 * 0.5**30), "1": pytest.approx(2 * 0.5**31)}
     assert first["mcnemar_same_way"] and first["mcnemar_all_below_alpha"]
     assert last["test"] == "paired t over 2 seeds" and last["distinguishable"] is False  # 1 and 42 images
     assert last["mcnemar_same_way"] and not last["mcnemar_all_below_alpha"]
     lines = "\n".join(report.neighbour_lines(s, tests, neighbours))
-    assert "McNemar p per seed (same test images)" in lines and "Wilcoxon cannot reach p < 0.05 below 6" in lines
+    assert (
+        "McNemar p per seed (same test images)" in lines and "Wilcoxon cannot reach p < 0.05 below 6" in lines
+    )
 
 
-@pytest.mark.parametrize("damage, expected", [
-    ("summary={}", "models/grid/cifar10-relu-True-0.json: not what its stage writes (no 'train_images'); rebuild it: "
-                   "dvc repro -f train@cifar10-relu-True-0"),
-    ("summary=not json", "models/grid/cifar10-relu-True-0.json: not JSON (JSONDecodeError); rebuild it: dvc repro -f "
-                         "train@cifar10-relu-True-0"),
-    ("metrics=missing", "metrics/grid/cifar10-relu-True-0.json: missing; rebuild it: dvc repro -f "
-                        "evaluate@cifar10-relu-True-0"),
-    ("curves=missing", "dvclive/grid/cifar10-relu-True-0: no loss curve (dvclive's plots/metrics/*/loss.tsv); rebuild "
-                       "it: dvc repro -f train@cifar10-relu-True-0")])
-def test_a_damaged_or_missing_input_of_the_report_is_one_line_naming_the_file_and_the_stage(tmp_path, monkeypatch,
-                                                                                            damage, expected):
+@pytest.mark.parametrize(
+    "damage, expected",
+    [
+        (
+            "summary={}",
+            "models/grid/cifar10-relu-True-0.json: not what its stage writes (no 'train_images'); rebuild it: "
+            "dvc repro -f train@cifar10-relu-True-0",
+        ),
+        (
+            "summary=not json",
+            "models/grid/cifar10-relu-True-0.json: not JSON (JSONDecodeError); rebuild it: dvc repro -f "
+            "train@cifar10-relu-True-0",
+        ),
+        (
+            "metrics=missing",
+            "metrics/grid/cifar10-relu-True-0.json: missing; rebuild it: dvc repro -f "
+            "evaluate@cifar10-relu-True-0",
+        ),
+        (
+            "curves=missing",
+            "dvclive/grid/cifar10-relu-True-0: no loss curve (dvclive's plots/metrics/*/loss.tsv); rebuild "
+            "it: dvc repro -f train@cifar10-relu-True-0",
+        ),
+    ],
+)
+def test_a_damaged_or_missing_input_of_the_report_is_one_line_naming_the_file_and_the_stage(
+    tmp_path, monkeypatch, damage, expected
+):
     from stages import report
     from stages.cli import UserError
     from stages.entry import paths
+
     for (act, bn), right in RIGHT.items():
         write_entry(tmp_path, act, bn, 0, right)
     p = {k: tmp_path / v for k, v in paths("cifar10", "relu", True, 0).items()}

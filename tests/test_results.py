@@ -1,11 +1,11 @@
 """The published runs under docs/results/: each is the report of a real run with the files it was made from,
 `python -m stages.report <folder>` makes the same report from them, and the README's tables quote them exactly."""
+
 import json
 import re
 import shutil
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
@@ -18,7 +18,7 @@ MARKER = re.compile(r"<!-- results: (\S+), (\w+) -->\n+((?:\|.*\|\n)+)")
 
 
 def approx(a, b, places):
-    return abs(a - b) <= 0.5 * 10 ** -places + 1e-12
+    return abs(a - b) <= 0.5 * 10**-places + 1e-12
 
 
 @pytest.mark.parametrize("run", RUNS, ids=[r.name for r in RUNS])
@@ -27,12 +27,19 @@ def test_a_published_run_is_its_reports_source(run, tmp_path):
     shutil.copytree(run, copy)
     for out in ("metrics/summary.json", "reports/report.md"):
         (copy / out).unlink()
-    p = subprocess.run([sys.executable, "-m", "stages.report", str(copy)], cwd=ROOT, env={**ENV, "PYTHONPATH": str(ROOT)},
-                       capture_output=True, text=True, timeout=300)
+    p = subprocess.run(
+        [sys.executable, "-m", "stages.report", str(copy)],
+        cwd=ROOT,
+        env={**ENV, "PYTHONPATH": str(ROOT)},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert p.returncode == 0, p.stderr[-3000:]
     # the same code on the same files: the same numbers, to the last digit
-    assert json.loads((copy / "metrics/summary.json").read_text()) == \
-        json.loads((run / "metrics/summary.json").read_text())
+    assert json.loads((copy / "metrics/summary.json").read_text()) == json.loads(
+        (run / "metrics/summary.json").read_text()
+    )
     assert (copy / "reports/report.md").read_text() == (run / "reports/report.md").read_text()
 
 
@@ -66,7 +73,9 @@ def test_readme_tables_quote_the_published_runs():
             mean, std = (float(x) for x in error.split(" ± "))
             assert approx(mean, v["test_error_mean"], 3) and approx(std, v["test_error_std"], 3), variant
             low, high = (float(x) for x in interval.split("–"))
-            assert approx(low, v["test_error_ci_low"], 3) and approx(high, v["test_error_ci_high"], 3), variant
+            assert approx(low, v["test_error_ci_low"], 3) and approx(high, v["test_error_ci_high"], 3), (
+                variant
+            )
             assert approx(float(seconds), v["seconds_per_epoch"], 0), variant
             t = next((t for t in neighbours.values() if t["better"] == variant), None)
             if t is None:
@@ -79,6 +88,7 @@ def test_readme_tables_quote_the_published_runs():
 
 def test_readme_gives_each_recipe_as_its_one_command():
     from stages.recipes import RECIPES, command
+
     readme = (ROOT / "README.md").read_text()
     for name in RECIPES:
         assert f"\n{command(name)}\n" in readme, name
@@ -86,15 +96,22 @@ def test_readme_gives_each_recipe_as_its_one_command():
 
 def test_readme_test_times_are_the_committed_logs():
     """The README's test counts and times, and docs/benchmarks.md's table, quote the logs in docs/test-times/."""
-    def last_line(name):  # pytest's summary: "373 passed in 48.74s" or "427 passed, 1 skipped in 535.07s (0:08:55)"
+
+    def last_line(
+        name,
+    ):  # pytest's summary: "373 passed in 48.74s" or "427 passed, 1 skipped in 535.07s (0:08:55)"
         line = (ROOT / "docs/test-times" / name).read_text().strip().splitlines()[-1]
         m = re.search(r"(\d+) passed(?:, (\d+) skipped)? in ([\d.]+)s", line)
         assert m and "failed" not in line and "error" not in line, (name, line)
         return int(m[1]) + int(m[2] or 0), float(m[3])
+
     readme, table = (ROOT / "README.md").read_text(), (ROOT / "docs/benchmarks.md").read_text()
     fast, fast_s = last_line("fast-tier.txt")
     whole, whole_s = last_line("whole-suite.txt")
     assert f'python -m pytest -m "not e2e"   # the fast tier: {fast} tests in {fast_s:.0f} s,' in readme
-    assert f"python -m pytest                # the whole suite: {whole} tests in {whole_s / 60:.0f} min" in readme
+    assert (
+        f"python -m pytest                # the whole suite: {whole} tests in {whole_s / 60:.0f} min"
+        in readme
+    )
     assert f'| the fast tier (`-m "not e2e"`) | {fast} | {fast_s:.0f} s | |' in table
     assert f"| the whole suite | {whole} | {whole_s:,.0f} s |" in table

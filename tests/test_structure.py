@@ -1,6 +1,7 @@
 """The code's structure, held by tests: no import cycle among stages/ modules, every dvc.yaml stage lists the
 stages/ modules its command runs (DVC reruns a stage, and the checkpoint fingerprint changes, for those only),
 and docs/architecture.md draws the import graph as it is."""
+
 import re
 import sys
 
@@ -32,7 +33,9 @@ def test_every_stage_lists_the_modules_it_runs():
     assert {"check", "prepare", "train", "train_exp", "evaluate", "report"} <= set(stages)
     for name, (module, deps) in stages.items():
         needed = {f"stages/{m.split('.')[1]}.py" for m in import_graph.closure(g, module)}
-        assert needed - deps == set(), f"dvc.yaml: stage {name} runs {sorted(needed - deps)} without listing them in deps"
+        assert needed - deps == set(), (
+            f"dvc.yaml: stage {name} runs {sorted(needed - deps)} without listing them in deps"
+        )
 
 
 def test_a_cycle_and_a_missing_dep_are_found():
@@ -45,5 +48,6 @@ def test_a_cycle_and_a_missing_dep_are_found():
 
 def test_the_architecture_doc_draws_the_graph_as_it_is():
     doc = (ROOT / "docs/architecture.md").read_text()
-    assert f"```mermaid\n{import_graph.mermaid(import_graph.graph())}\n```" in doc, \
+    assert f"```mermaid\n{import_graph.mermaid(import_graph.graph())}\n```" in doc, (
         "docs/architecture.md: regenerate the diagram with `python scripts/import_graph.py`"
+    )

@@ -6,6 +6,7 @@ installed (tests/without_tensorflow), as on the GPU machines.
 Every Python process pays seconds of imports, so the expensive runs are module fixtures shared by the tests
 that read them.
 """
+
 import json
 import re
 import shutil
@@ -44,6 +45,7 @@ def copy_repo(src, dest, backend):
 
 def weights(model_path):
     import keras
+
     return keras.models.load_model(model_path, compile=False).get_weights()
 
 
@@ -93,8 +95,14 @@ def killed(prepared, backend, tmp_path_factory):
     base = tmp_path_factory.mktemp(f"killed-{backend}")
     repo = copy_repo(prepared, base / "repo", backend)
     ckpt = repo / OUT["ckpt"]
-    p = subprocess.Popen([sys.executable, "-m", "stages.train", ENTRY], cwd=repo, env=BACKEND_ENV[backend],
-                         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    p = subprocess.Popen(
+        [sys.executable, "-m", "stages.train", ENTRY],
+        cwd=repo,
+        env=BACKEND_ENV[backend],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     deadline = time.monotonic() + 600
     while not (ckpt / "epoch-0002").exists() and p.poll() is None and time.monotonic() < deadline:
         time.sleep(0.002)
@@ -115,30 +123,49 @@ def test_one_epoch_trains_and_evaluates_as_the_stages_run_it(prepared, tmp_path)
     output = train(repo, "tensorflow").stdout
     assert re.search(r"^epoch 1/1: ", output, re.M), output[-3000:]
     summary = json.loads((repo / OUT["summary"]).read_text())
-    assert (summary["epochs_completed"], summary["train_images"], summary["validation_images"]) == (1, 560, 40)
+    assert (summary["epochs_completed"], summary["train_images"], summary["validation_images"]) == (
+        1,
+        560,
+        40,
+    )
     assert (repo / OUT["model"]).stat().st_size > 0 and not (repo / OUT["ckpt"]).exists()
-    assert {name: len(rows) for name, rows in curves(repo / OUT["live"]).items()
-            if name.endswith(("/loss.tsv", "/accuracy.tsv"))} == {
-        "plots/metrics/train/loss.tsv": 1, "plots/metrics/train/accuracy.tsv": 1,
-        "plots/metrics/eval/loss.tsv": 1, "plots/metrics/eval/accuracy.tsv": 1}
+    assert {
+        name: len(rows)
+        for name, rows in curves(repo / OUT["live"]).items()
+        if name.endswith(("/loss.tsv", "/accuracy.tsv"))
+    } == {
+        "plots/metrics/train/loss.tsv": 1,
+        "plots/metrics/train/accuracy.tsv": 1,
+        "plots/metrics/eval/loss.tsv": 1,
+        "plots/metrics/eval/accuracy.tsv": 1,
+    }
     run([sys.executable, "-m", "stages.evaluate", ENTRY], repo)
     metrics = json.loads((repo / OUT["metrics"]).read_text())
     assert metrics["test_images"] == 200 and metrics["epochs"] == 1 and 0 <= metrics["test_error"] <= 1
     results = json.loads((repo / OUT["results"]).read_text())
-    assert np.asarray(results["confusion"]).shape == (10, 10) and np.asarray(results["confusion"]).sum() == 200
+    assert (
+        np.asarray(results["confusion"]).shape == (10, 10) and np.asarray(results["confusion"]).sum() == 200
+    )
 
 
 @pytest.mark.e2e
 def test_a_tiny_model_learns(uninterrupted, backend):
     repo, output = uninterrupted
     summary = json.loads((repo / OUT["summary"]).read_text())
-    assert summary["epochs_completed"] == 4 and not summary["diverged"] and summary["resumed_from_epoch"] is None
-    assert (summary["train_images"], summary["validation_images"], summary["precision"]) == (560, 40, "float32")
+    assert (
+        summary["epochs_completed"] == 4 and not summary["diverged"] and summary["resumed_from_epoch"] is None
+    )
+    assert (summary["train_images"], summary["validation_images"], summary["precision"]) == (
+        560,
+        40,
+        "float32",
+    )
     assert (summary["backend"], summary["device"]) == (backend, "cpu")
     assert not (repo / OUT["ckpt"]).exists()  # a finished run removes its checkpoints
     with np.load(repo / "data/prepared/cifar10/test.npz") as f:
         x, y = f["x"], f["y"]
     import keras  # this process: TensorFlow, whichever backend trained the model
+
     model = keras.models.load_model(repo / OUT["model"], compile=False)  # takes raw pixels
     accuracy = float((model.predict(x.astype("float32"), verbose=0).argmax(1) == y).mean())
     assert len(y) == 200 and accuracy >= 0.6, f"test accuracy {accuracy} (chance: 0.1)\n{output[-3000:]}"
@@ -156,7 +183,9 @@ def seconds(text):
 @pytest.mark.e2e
 def test_time_left_after_the_first_epoch_leaves_out_compilation(uninterrupted, backend):
     """Was, on JAX: 'about 27 s left' after epoch 1 (8.9 s, mostly compiling), then epochs of 0.4 s."""
-    lines = re.findall(r"^epoch (\d+)/4: .*seconds ([\d.]+)(?:  \(about (.+) left\))?$", uninterrupted[1], re.M)
+    lines = re.findall(
+        r"^epoch (\d+)/4: .*seconds ([\d.]+)(?:  \(about (.+) left\))?$", uninterrupted[1], re.M
+    )
     assert [int(e) for e, *_ in lines] == [1, 2, 3, 4] and lines[-1][2] == ""
     first, later = float(lines[0][1]), float(np.median([float(s) for _, s, _ in lines[1:]]))
     per_epoch = seconds(lines[0][2]) / 3  # the estimate after epoch 1, per epoch left
@@ -223,11 +252,16 @@ def test_checkpoint_of_other_params_or_code_is_not_resumed(prepared, killed, bac
 
 def test_environment_disagreeing_with_the_backend_param_is_refused(prepared, tmp_path):
     repo = copy_repo(prepared, tmp_path / "repo", "tensorflow")
-    p = run([sys.executable, "-m", "stages.train", ENTRY], repo, check=False,
-            env={**BACKEND_ENV["tensorflow"], "KERAS_BACKEND": "jax"})
+    p = run(
+        [sys.executable, "-m", "stages.train", ENTRY],
+        repo,
+        check=False,
+        env={**BACKEND_ENV["tensorflow"], "KERAS_BACKEND": "jax"},
+    )
     assert p.returncode == 2 and p.stdout.strip().splitlines() == [
         "error: params.yaml: train.backend = 'tensorflow' but the environment has KERAS_BACKEND=jax; unset "
-        "KERAS_BACKEND, or set the param: dvc exp run -S train.backend=jax"]
+        "KERAS_BACKEND, or set the param: dvc exp run -S train.backend=jax"
+    ]
     assert not (repo / "checkpoints").exists() and not (repo / "models").exists()
 
 
@@ -236,13 +270,27 @@ def stage_names(repo):
 
 
 def test_one_stage_per_grid_entry_and_no_params_value_in_any_command(tmp_path, cifar10_archive):
-    repo = make_project(tmp_path / "repo", cifar10_archive,
-                        {"grid": {"activation": ["relu", "elu"], "batch_norm": [False, True], "seed": [0]}})
+    repo = make_project(
+        tmp_path / "repo",
+        cifar10_archive,
+        {"grid": {"activation": ["relu", "elu"], "batch_norm": [False, True], "seed": [0]}},
+    )
     entries = [f"cifar10-{a}-{b}-0" for a in ("relu", "elu") for b in ("False", "True")]
     assert sorted(stage_names(repo)) == sorted(
-        ["check", "source@cifar10", "prepare@cifar10", *(f"train@{e}" for e in entries), *(f"evaluate@{e}" for e in entries),
-         "train_exp", "evaluate_exp", "report"])
-    listing = dvc("stage", "list", cwd=repo).stdout  # each train stage's outputs are where train.py writes them
+        [
+            "check",
+            "source@cifar10",
+            "prepare@cifar10",
+            *(f"train@{e}" for e in entries),
+            *(f"evaluate@{e}" for e in entries),
+            "train_exp",
+            "evaluate_exp",
+            "report",
+        ]
+    )
+    listing = dvc(
+        "stage", "list", cwd=repo
+    ).stdout  # each train stage's outputs are where train.py writes them
     for e in entries:
         line = next(s for s in listing.splitlines() if s.startswith(f"train@{e} "))
         assert f"models/grid/{e}.keras" in line
@@ -252,11 +300,18 @@ def test_one_stage_per_grid_entry_and_no_params_value_in_any_command(tmp_path, c
 
 @pytest.mark.e2e
 def test_adding_an_activation_trains_only_the_new_entries(tmp_path, cifar10_archive):
-    repo = make_project(tmp_path / "repo", cifar10_archive,
-                        {"grid": {"activation": ["relu"], "batch_norm": [False]}, "train": {"epochs": 1}})
+    repo = make_project(
+        tmp_path / "repo",
+        cifar10_archive,
+        {"grid": {"activation": ["relu"], "batch_norm": [False]}, "train": {"epochs": 1}},
+    )
     dvc("repro", "report", cwd=repo)
     # source@ is always changed (it stamps the archive); train_exp and evaluate_exp were never run here
-    assert set(json.loads(dvc("status", "--json", cwd=repo).stdout)) == {"source@cifar10", "train_exp", "evaluate_exp"}
+    assert set(json.loads(dvc("status", "--json", cwd=repo).stdout)) == {
+        "source@cifar10",
+        "train_exp",
+        "evaluate_exp",
+    }
     set_params(repo, grid={"activation": ["relu", "elu", "selu"]})
     changed = set(json.loads(dvc("status", "--json", cwd=repo).stdout))
     new = {f"{s}@cifar10-{a}-False-0" for s in ("train", "evaluate") for a in ("elu", "selu")}
@@ -284,8 +339,10 @@ def test_train_before_prepare_says_what_to_run(tmp_path):
 
 def activation_means(live_dir):
     """{act<i>_mean: value of the last epoch} from a run's dvclive curves."""
-    return {tsv.stem: float(tsv.read_text().splitlines()[-1].split("\t")[1])
-            for tsv in Path(live_dir, "plots/metrics/train").glob("act*_mean.tsv")}
+    return {
+        tsv.stem: float(tsv.read_text().splitlines()[-1].split("\t")[1])
+        for tsv in Path(live_dir, "plots/metrics/train").glob("act*_mean.tsv")
+    }
 
 
 @pytest.mark.e2e
@@ -300,19 +357,30 @@ def test_bias_shift_statistics_agree_in_bf16_and_float32(prepared, tmp_path):
         means[precision] = activation_means(repo / OUT["live"])
     assert sorted(means["float32"]) == [f"act{i}_mean" for i in range(1, 10)]
     for name, value in means["float32"].items():
-        assert abs(value) > 1e-3 and means["mixed_bfloat16"][name] == pytest.approx(value, rel=0.1), (name, means)
+        assert abs(value) > 1e-3 and means["mixed_bfloat16"][name] == pytest.approx(value, rel=0.1), (
+            name,
+            means,
+        )
 
 
-@pytest.mark.parametrize("on_gpu, step_seconds, pointer", [(False, 0.6, True), (False, 0.01, False), (True, 0.6, False)])
-def test_expected_time_points_cpu_users_to_the_cpu_recipe_only_when_it_is_long(capsys, on_gpu, step_seconds, pointer):
+@pytest.mark.parametrize(
+    "on_gpu, step_seconds, pointer", [(False, 0.6, True), (False, 0.01, False), (True, 0.6, False)]
+)
+def test_expected_time_points_cpu_users_to_the_cpu_recipe_only_when_it_is_long(
+    capsys, on_gpu, step_seconds, pointer
+):
     """0.6 s a step of 128 images: width 1.0 on a CPU (150 epochs of 351 steps, 8 more models: days)."""
     from stages.each_epoch import EachEpoch
+
     r = EachEpoch([], None, None, None, epochs=150, steps=351, queued=7, on_gpu=on_gpu)
     r.first_epoch, r.step_seconds = 0, step_seconds
     r.say_expected_time()
     out = capsys.readouterr().out
     if step_seconds == 0.6:
-        assert out.startswith("expected: 4 min per epoch, 8 h 46 min for this model, about 70 h 12 min with the "
-                              "grid's other 7 models not trained yet")
+        assert out.startswith(
+            "expected: 4 min per epoch, 8 h 46 min for this model, about 70 h 12 min with the "
+            "grid's other 7 models not trained yet"
+        )
     from stages.recipes import command
+
     assert (command("cpu-study") in out) == pointer

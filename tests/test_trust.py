@@ -1,6 +1,7 @@
 """What a params.yaml from someone else can and cannot do: no value reaches a shell, whichever stages DVC is told
 to run (`-s`, `--downstream`, a stale `data/params.ok`), and the check accepts exactly what the stages accept
 (YAML read as DVC reads it; activations the net can use). docs/faults.md states the trust model."""
+
 import json
 import subprocess
 import sys
@@ -38,9 +39,16 @@ def edit(repo, old, new):
     p.write_text(text.replace(old, new, 1))
 
 
-@pytest.mark.parametrize("args", [["repro", "-s", f"train@cifar10-{INJECTED}-False-0"], ["repro", "-s", "train_exp"],
-                                  ["repro", "--downstream", "train_exp"], ["repro", "-s", "evaluate_exp"],
-                                  ["exp", "run", "--downstream", "train_exp"]])
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["repro", "-s", f"train@cifar10-{INJECTED}-False-0"],
+        ["repro", "-s", "train_exp"],
+        ["repro", "--downstream", "train_exp"],
+        ["repro", "-s", "evaluate_exp"],
+        ["exp", "run", "--downstream", "train_exp"],
+    ],
+)
 def test_injected_value_never_reaches_a_shell_whatever_dvc_runs(prepared_project, tmp_path, args):
     repo = prepared_project
     original = (repo / "params.yaml").read_text()
@@ -54,13 +62,20 @@ def test_injected_value_never_reaches_a_shell_whatever_dvc_runs(prepared_project
         (repo / "params.yaml").write_text(original)
 
 
-@pytest.mark.parametrize("old, new, expected", [
-    ("batch_norm: false\n", "batch_norm: off\n", "batch_norm = 'off': must be true or false"),
-    ("batch_norm: false\n", "batch_norm: yes\n", "batch_norm = 'yes': must be true or false"),
-    ("  seed:\n  - 0\n", "  seed:\n  - 1:00\n", "grid.seed = ['1:00']: must be a list whose items are each an integer"),
-    ("activation: relu\n", "activation: glu\n", "activation = 'glu': must be one of"),
-    ("activation: relu\n", "activation: threshold\n", "activation = 'threshold': must be one of"),
-])
+@pytest.mark.parametrize(
+    "old, new, expected",
+    [
+        ("batch_norm: false\n", "batch_norm: off\n", "batch_norm = 'off': must be true or false"),
+        ("batch_norm: false\n", "batch_norm: yes\n", "batch_norm = 'yes': must be true or false"),
+        (
+            "  seed:\n  - 0\n",
+            "  seed:\n  - 1:00\n",
+            "grid.seed = ['1:00']: must be a list whose items are each an integer",
+        ),
+        ("activation: relu\n", "activation: glu\n", "activation = 'glu': must be one of"),
+        ("activation: relu\n", "activation: threshold\n", "activation = 'threshold': must be one of"),
+    ],
+)
 def test_check_refuses_what_the_stages_would_refuse(tmp_path, cifar10_archive, old, new, expected):
     """YAML 1.1 spellings (PyYAML reads off/yes as booleans, 1:00 as 60; DVC reads strings) and Keras activations
     that cannot stand in the net (glu halves the channels, threshold needs arguments)."""
@@ -71,10 +86,16 @@ def test_check_refuses_what_the_stages_would_refuse(tmp_path, cifar10_archive, o
     assert not (repo / "data/params.ok").exists()
 
 
-@pytest.mark.parametrize("classes, message", [
-    ("{}", "must be a list of 10 distinct class names"), ("5", "must be a list of 10 distinct class names"),
-    ("not json", "not JSON"), (json.dumps([f"c{i}" for i in range(20)]), "must be a list of 10 distinct"),
-    (json.dumps(["a"] * 10), "must be a list of 10 distinct class names")])
+@pytest.mark.parametrize(
+    "classes, message",
+    [
+        ("{}", "must be a list of 10 distinct class names"),
+        ("5", "must be a list of 10 distinct class names"),
+        ("not json", "not JSON"),
+        (json.dumps([f"c{i}" for i in range(20)]), "must be a list of 10 distinct"),
+        (json.dumps(["a"] * 10), "must be a list of 10 distinct class names"),
+    ],
+)
 def test_damaged_classes_json_is_one_line(intact_project, classes, message):
     path = intact_project / "data/prepared/cifar10/classes.json"
     good = path.read_text()
@@ -92,12 +113,19 @@ def test_damaged_classes_json_is_one_line(intact_project, classes, message):
 def test_evaluate_before_train_says_what_to_run(intact_project):
     p = run([sys.executable, "-m", "stages.evaluate", "cifar10-relu-False-0"], intact_project, check=False)
     assert p.returncode == 2 and p.stdout.strip().splitlines() == [
-        "error: models/grid/cifar10-relu-False-0.keras: missing; train it first: dvc repro train@cifar10-relu-False-0"]
+        "error: models/grid/cifar10-relu-False-0.keras: missing; train it first: dvc repro train@cifar10-relu-False-0"
+    ]
 
 
 def test_a_stage_prints_no_native_start_up_lines(intact_project):
     """TensorFlow's C++ start-up lines and a CPU-only machine's cuInit error look like failures: filtered."""
-    p = subprocess.run([sys.executable, "-m", "stages.params"], cwd=intact_project, env=ENV, text=True,
-                       capture_output=True, timeout=600)
+    p = subprocess.run(
+        [sys.executable, "-m", "stages.params"],
+        cwd=intact_project,
+        env=ENV,
+        text=True,
+        capture_output=True,
+        timeout=600,
+    )
     assert p.returncode == 0 and p.stdout.startswith("params.yaml: valid; grid of 2 models")
     assert p.stderr == "", p.stderr[:2000]  # the check imports Keras, and so TensorFlow

@@ -1,6 +1,7 @@
 """On PYTHONPATH, makes this interpreter (and every child that inherits the variable) one where TensorFlow is
 not installed, as on the GPU machines: the path finder no longer finds it, so `import tensorflow` raises
 ModuleNotFoundError, importlib.util.find_spec("tensorflow") is None and it is never in sys.modules."""
+
 import sys
 from importlib.machinery import PathFinder
 
@@ -14,8 +15,11 @@ class _PathFinderWithoutTensorFlow:
 
     @staticmethod
     def find_distributions(*args, **kwargs):  # importlib.metadata asks the path finder for installed packages
-        return (d for d in PathFinder.find_distributions(*args, **kwargs)
-                if d.metadata["Name"].lower().replace("-", "_") not in HIDDEN)
+        return (
+            d
+            for d in PathFinder.find_distributions(*args, **kwargs)
+            if d.metadata["Name"].lower().replace("-", "_") not in HIDDEN
+        )
 
     @staticmethod
     def invalidate_caches():

@@ -6,6 +6,7 @@ a relative <script src> would be resolved against the output html, which `-o` pu
 
     python .dvc/plots/vendor/build.py    # needs npm and the registry; edit PACKAGES to upgrade
 """
+
 import subprocess
 import tarfile
 import tempfile
@@ -13,8 +14,11 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 # package, version, built file; the majors DVC's own page uses (vega 5, vega-lite 5, vega-embed 6)
-PACKAGES = [("vega", "5.33.1", "build/vega.min.js"), ("vega-lite", "5.23.0", "build/vega-lite.min.js"),
-            ("vega-embed", "6.29.0", "build/vega-embed.min.js")]
+PACKAGES = [
+    ("vega", "5.33.1", "build/vega.min.js"),
+    ("vega-lite", "5.23.0", "build/vega-lite.min.js"),
+    ("vega-embed", "6.29.0", "build/vega-embed.min.js"),
+]
 # img: two revisions of a figure fit side by side in the window (`dvc plots diff` puts them on one line)
 PAGE = """<!DOCTYPE html>
 <html>
@@ -37,8 +41,13 @@ def main():
     scripts = []
     with tempfile.TemporaryDirectory() as tmp:
         for name, version, built in PACKAGES:
-            tgz = subprocess.run(["npm", "pack", "--silent", f"{name}@{version}"], cwd=tmp, check=True,
-                                 capture_output=True, text=True).stdout.split()[-1]
+            tgz = subprocess.run(
+                ["npm", "pack", "--silent", f"{name}@{version}"],
+                cwd=tmp,
+                check=True,
+                capture_output=True,
+                text=True,
+            ).stdout.split()[-1]
             with tarfile.open(Path(tmp, tgz)) as t:
                 js = t.extractfile(f"package/{built}").read().decode()
                 licence = t.extractfile("package/LICENSE") if "package/LICENSE" in t.getnames() else None
@@ -46,8 +55,10 @@ def main():
                     (HERE / f"LICENSE-{name}").write_bytes(licence.read())
             # a </script> inside would end the inlined block early
             assert "</script" not in js and "{plot_divs}" not in js, built
-            scripts.append(f"<!-- {name} {version}, npm {built}, BSD-3-Clause: .dvc/plots/vendor/LICENSE-{name} -->"
-                           f"\n<script>{js}</script>")
+            scripts.append(
+                f"<!-- {name} {version}, npm {built}, BSD-3-Clause: .dvc/plots/vendor/LICENSE-{name} -->"
+                f"\n<script>{js}</script>"
+            )
     (HERE.parent / "offline.html").write_text(PAGE.format(inlined="\n".join(scripts)), encoding="utf8")
 
 
