@@ -2,14 +2,15 @@
 loader (tar extraction to a folder, then keras.src.datasets.cifar.load_batch on each batch, as
 keras.datasets.cifar10.load_data does) on the same archive in the same run.
 
-    python benchmarks/decode.py                      # the archive prepare@cifar10 downloaded (data/raw/cifar10/)
+    python benchmarks/decode.py                      # the archive prepare@cifar10 downloaded
+                                                     # (data/raw/cifar10/)
     python benchmarks/decode.py /path/cifar-10-python.tar.gz
 
 Each loader runs in a fresh subprocess, so its peak resident memory is its own: the peak (VmHWM, reset just
 before loading) minus the resident memory before loading. A second run of each under tracemalloc gives the
 peak of Python and numpy allocations alone. MB = 10^6 bytes. Goals: within 10 s, within 2x the arrays' size,
-and within 1.5x the time `gzip -dc` takes to decompress the same archive, measured in the same run (the decoder
-reads the archive once: decompression is most of its work).
+and within 1.5x the time `gzip -dc` takes to decompress the same archive, measured in the same run (the
+decoder reads the archive once: decompression is most of its work).
 """
 
 import argparse
@@ -61,7 +62,8 @@ def load_ours(archive):
 
 
 def load_keras(archive):
-    """keras.datasets.cifar10.load_data after its download: extract (with the "data" filter), then load_batch."""
+    """keras.datasets.cifar10.load_data after its download: extract (with the "data" filter), then
+    load_batch."""
     from keras.src.datasets.cifar import load_batch
 
     with tempfile.TemporaryDirectory(prefix="keras-cifar-") as tmp:
@@ -126,7 +128,7 @@ def worker(loader, archive, trace):
     )
 
 
-# --- the driver ----------------------------------------------------------------------------------------------
+# --- the driver ---------------------------------------------------------------------------------------------
 
 
 def run_worker(loader, archive, trace=False):

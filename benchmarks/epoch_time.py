@@ -4,11 +4,11 @@
     python benchmarks/epoch_time.py --backends tensorflow --widths 0.25 --variants relu elu+bn --steps 40
 
 Each (backend, width, variant) runs in its own process (Keras reads KERAS_BACKEND once), at the precision that
-`train.precision: auto` picks there (bf16 under TensorFlow on a CPU with AVX-512 BF16/AMX, float32 on JAX's CPU
-backend), with the train stage's own model, optimizer and NumPy input pipeline on random pixels: --warmup steps
-(compilation), then --steps timed steps. The epoch is extrapolated to --images training images at batch 128
-(45,000: all of CIFAR-10's training split less the 5,000 held out); the per-epoch validation pass is left out.
-Speeds are comparable only within one run: another process on the cores slows every row it overlaps.
+`train.precision: auto` picks there (bf16 under TensorFlow on a CPU with AVX-512 BF16/AMX, float32 on JAX's
+CPU backend), with the train stage's own model, optimizer and NumPy input pipeline on random pixels: --warmup
+steps (compilation), then --steps timed steps. The epoch is extrapolated to --images training images at batch
+128 (45,000: all of CIFAR-10's training split less the 5,000 held out); the per-epoch validation pass is left
+out. Speeds are comparable only within one run: another process on the cores slows every row it overlaps.
 """
 
 import argparse

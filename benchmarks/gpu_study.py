@@ -2,26 +2,29 @@
 
     python benchmarks/gpu_study.py --out DIR --budget-seconds 550 --archive cifar-10.tar --md5 none
     python benchmarks/gpu_study.py --out DIR --resume-from OLD/results.json      # continue an earlier call
-    python benchmarks/gpu_study.py --out /tmp/x --tiny                            # a few hundred images, on a CPU
+    python benchmarks/gpu_study.py --out /tmp/x --tiny                            # a few hundred images, on a
+                                                                                  # CPU
     bash benchmarks/device_run.sh                                                 # on a lent GPU machine
 
 Needs the project's working tree, JAX and Keras (TensorFlow is not used). Steps:
-1. refuse, within seconds, a real-size run where no GPU is visible (--allow-cpu overrides, --tiny is a CPU check);
-2. a scratch copy of the project (--work): the default recipe with train.backend jax and precision auto (bf16 on
-   GPUs of compute capability >= 8.0); `prepare` decodes the archive there (skipped when --work holds it);
+1. refuse, within seconds, a real-size run where no GPU is visible (--allow-cpu overrides, --tiny is a CPU
+   check);
+2. a scratch copy of the project (--work): the default recipe with train.backend jax and precision auto (bf16
+   on GPUs of compute capability >= 8.0); `prepare` decodes the archive there (skipped when --work holds it);
 3. measurement, at most MEASURE_SHARE of the budget: max(--processes) copies of the study's net start and
    compile, wait at a barrier, then 1, 2, 4, ... of them are timed together; the sweep stops when the summed
    images/s stops growing; MFU of the summed rate against the datasheet dense bf16 peak and a measured matmul;
 4. the epochs E: --epochs N, or (auto) the largest E <= train.epochs such that every entry asked for, at the
-   concurrency that fits most, trains and evaluates in what is left of the budget with SAFETY to spare (the step
-   schedule is in fractions of training, so it scales), or when not even E = 1 fits them all, the first entries
-   that do; every output says "E of 150 epochs (fitted to the budget)";
-5. the entries, in ORDER, by the train and evaluate stages themselves, n at a time; --out is rewritten after the
-   measurement and after every finished entry, so a call killed at any moment returns what it had; at the
+   concurrency that fits most, trains and evaluates in what is left of the budget with SAFETY to spare (the
+   step schedule is in fractions of training, so it scales), or when not even E = 1 fits them all, the first
+   entries that do; every output says "E of 150 epochs (fitted to the budget)";
+5. the entries, in ORDER, by the train and evaluate stages themselves, n at a time; --out is rewritten after
+   the measurement and after every finished entry, so a call killed at any moment returns what it had; at the
    deadline every process group gets SIGTERM, then SIGKILL after GRACE seconds; every process started dies
    with the study however it ends (Linux's parent-death signal).
---out: results.json, study.md (the ranked table), curves.tsv, log.txt (these lines), failures.txt (the log tails
-of failed stages). --resume-from RESULTS.json (or an --out holding one) keeps its entries, measurement and E.
+--out: results.json, study.md (the ranked table), curves.tsv, log.txt (these lines), failures.txt (the log
+tails of failed stages). --resume-from RESULTS.json (or an --out holding one) keeps its entries, measurement
+and E.
 """
 
 import argparse
@@ -142,7 +145,8 @@ def _die_with_study(study_pid):
 
 
 class Procs:
-    """Every process the study starts, each in its own process group, so that a stop reaches its children too."""
+    """Every process the study starts, each in its own process group, so that a stop reaches its children
+    too."""
 
     def __init__(self):
         self.started = []
@@ -203,8 +207,9 @@ def refuse_without_gpu(args):
     listed = nvidia_gpus()
     if not listed:
         sys.exit(
-            "error: no GPU visible (`nvidia-smi -L` lists none): at the real size this would train on the CPU "
-            "for days; run it on a GPU machine, or pass --allow-cpu if you mean it (--tiny for a CPU check)"
+            "error: no GPU visible (`nvidia-smi -L` lists none): at the real size this would train on the "
+            "CPU for days; run it on a GPU machine, or pass --allow-cpu if you mean it "
+            "(--tiny for a CPU check)"
         )
     probe = "import jax; print(sum(d.platform == 'gpu' for d in jax.devices()))"
     try:
@@ -458,8 +463,8 @@ def tell(workers, indices, command):
 
 
 def sweep(study, workers, inbox, ready, until):
-    """{processes: summed images/s}: 1, 2, 4, ... of the ready workers timed together (released at once), until
-    the summed rate stops growing or `until` comes."""
+    """{processes: summed images/s}: 1, 2, 4, ... of the ready workers timed together (released at once),
+    until the summed rate stops growing or `until` comes."""
     rates = {}
     for n in sorted(set(study.args.processes)):
         if n > len(ready):
@@ -472,7 +477,8 @@ def sweep(study, workers, inbox, ready, until):
         r = got.values()
         rates[str(n)] = sum(g["images"] for g in r) / (max(g["end"] for g in r) - min(g["start"] for g in r))
         study.say(
-            f"measure: {n} process{'es together' if n > 1 else ' alone'}: {rates[str(n)]:,.0f} images/s summed"
+            f"measure: {n} process{'es together' if n > 1 else ' alone'}: "
+            f"{rates[str(n)]:,.0f} images/s summed"
         )
         if len(rates) > 1 and rates[str(n)] < GROWTH * max(list(rates.values())[:-1]):
             study.say(f"measure: the summed rate stopped growing at {n} processes; the sweep ends")
@@ -645,9 +651,9 @@ def flops_per_image(model_params):
 
 
 def entry_seconds(m, t, test_images, epochs, n, count):
-    """Estimated seconds for `count` entries at `epochs`, n at a time: per wave, a train and an evaluate process
-    start and compile, then the epochs (training images, validation forward only at ~3x, fixed costs) and the
-    test set."""
+    """Estimated seconds for `count` entries at `epochs`, n at a time: per wave, a train and an evaluate
+    process start and compile, then the epochs (training images, validation forward only at ~3x, fixed costs)
+    and the test set."""
     per = m["rates"][str(n)] / n  # one process's share of the measured summed rate
     images = ((t["limit"] or 50000 - t["validation"]) // t["batch_size"] * t["batch_size"]) + t[
         "validation"
@@ -725,7 +731,8 @@ def make_plan(study, params, todo):
 
 
 def entry(variant):
-    """relu+bn -> the grid entry cifar10-relu-True-0 (stages.entry.Entry: its key, stage names and file paths)."""
+    """relu+bn -> the grid entry cifar10-relu-True-0 (stages.entry.Entry: its key, stage names and file
+    paths)."""
     from stages.entry import Entry
 
     return Entry("cifar10", variant.removesuffix("+bn"), variant.endswith("+bn"), 0)

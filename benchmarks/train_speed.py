@@ -17,9 +17,9 @@ FLOPs count the convolutions only (BN, activations, pooling and the optimizer up
 MACs per image = sum over conv layers of H_out * W_out * k * k * C_in * C_out, forward FLOPs = 2 x MACs, and
 one training image = 3 x forward FLOPs (forward, gradient w.r.t. inputs, gradient w.r.t. weights). The ceiling
 is the best GFLOP/s of tf.matmul on square matrices of the same dtype, n^3 close to the largest conv's GEMM
-(M = batch * H_out * W_out, K = k * k * C_in, N = C_out), measured once at the start and again right after each
-variant, so that a shared machine's load hits both sides of "of ceiling" = model GFLOP/s / ceiling GFLOP/s
-(the ceiling measured right after the variant).
+(M = batch * H_out * W_out, K = k * k * C_in, N = C_out), measured once at the start and again right after
+each variant, so that a shared machine's load hits both sides of "of ceiling" = model GFLOP/s / ceiling
+GFLOP/s (the ceiling measured right after the variant).
 """
 
 import argparse
@@ -133,7 +133,8 @@ def parse_args():
 
 
 def describe(args, keras, tf):
-    """Prints the machine and the net's FLOPs; returns (training FLOPs per image, the ceiling's matmul size)."""
+    """Prints the machine and the net's FLOPs; returns (training FLOPs per image, the ceiling's matmul
+    size)."""
     from stages.backend import accelerators, choose_precision
     from stages.model import make_net
 

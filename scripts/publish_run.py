@@ -1,13 +1,13 @@
-"""Publishes a finished study into a folder of the repository: the files its report is made from, laid out as in
-the project, and the report made from them by this checkout's stages/report.py (`python -m stages.report
+"""Publishes a finished study into a folder of the repository: the files its report is made from, laid out as
+in the project, and the report made from them by this checkout's stages/report.py (`python -m stages.report
 <folder>`), which tests/test_results.py makes again and compares.
 
     python scripts/publish_run.py /path/to/study-workspace docs/results/cifar10-cpu --log study.log
 
 Copied: params.yaml and dvc.lock (what ran, with every file's hash), per model metrics/grid/*.json,
-results/grid/*.json (confusion matrix, every test image's label and prediction), models/grid/*.json (how training
-went) and dvclive/grid/ (per-epoch curves). Not copied: the .keras weights (DVC's cache and remotes hold them),
-the data, and the report of the workspace (made again here).
+results/grid/*.json (confusion matrix, every test image's label and prediction), models/grid/*.json (how
+training went) and dvclive/grid/ (per-epoch curves). Not copied: the .keras weights (DVC's cache and remotes
+hold them), the data, and the report of the workspace (made again here).
 """
 
 import argparse

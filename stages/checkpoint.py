@@ -2,9 +2,9 @@
 reaches: checkpoints/<entry>/epoch-NNNN/{model.weights.h5, history.json} plus config.json, the fingerprint.
 
 A checkpoint is resumed only if its fingerprint equals the run's: the params, the seed, the precision, the
-backend, the prepared data's sha256 and the sha256 of every source file the train stage lists in dvc.yaml (code
-changed since the kill: start over, as dvc.lock records the new code). A checkpoint whose weights' checksum,
-epoch count or optimizer step count disagrees with its history is damaged: never loaded.
+backend, the prepared data's sha256 and the sha256 of every source file the train stage lists in dvc.yaml
+(code changed since the kill: start over, as dvc.lock records the new code). A checkpoint whose weights'
+checksum, epoch count or optimizer step count disagrees with its history is damaged: never loaded.
 """
 
 import errno
@@ -31,13 +31,14 @@ def code_digest(stage):
 
 
 def seed_states(model):
-    """The Dropout layers' random-number states: save_weights() leaves them out, yet a resumed run needs them to
-    draw the masks an uninterrupted run would draw; history.json keeps them."""
+    """The Dropout layers' random-number states: save_weights() leaves them out, yet a resumed run needs them
+    to draw the masks an uninterrupted run would draw; history.json keeps them."""
     return [v for v in model.variables if v.name == "seed_generator_state"]
 
 
 def _intact(d, fingerprint, model, steps_per_epoch):
-    """The history of checkpoint folder d if it is whole and consistent (and the model then holds its weights)."""
+    """The history of checkpoint folder d if it is whole and consistent (and the model then holds its
+    weights)."""
     meta = json.loads((d / "history.json").read_text())
     epoch, history = meta["epoch"], meta["history"]
     if (
@@ -57,9 +58,9 @@ def _intact(d, fingerprint, model, steps_per_epoch):
 
 
 def resume(ckpt_dir, fingerprint, build, steps_per_epoch):
-    """(model, epoch, history): the newest intact checkpoint made with this exact fingerprint loaded into a model
-    from build() (built, compiled, optimizer built), or build()'s fresh model, (…, 0, []) when there is none.
-    Checkpoints of another fingerprint are deleted."""
+    """(model, epoch, history): the newest intact checkpoint made with this exact fingerprint loaded into a
+    model from build() (built, compiled, optimizer built), or build()'s fresh model, (…, 0, []) when there is
+    none. Checkpoints of another fingerprint are deleted."""
     config = ckpt_dir / "config.json"
     if not config.exists() or json.loads(config.read_text()) != fingerprint:
         shutil.rmtree(ckpt_dir, ignore_errors=True)  # another configuration's: never resume from it
@@ -83,7 +84,8 @@ def resume(ckpt_dir, fingerprint, build, steps_per_epoch):
 
 
 def newest(ckpt_dir):
-    """The epoch of the newest checkpoint written whole (atomic_path renames a finished one into place); 0: none."""
+    """The epoch of the newest checkpoint written whole (atomic_path renames a finished one into place); 0:
+    none."""
     return max(
         (int(d.name.split("-")[1]) for d in Path(ckpt_dir).glob("epoch-[0-9]*") if d.is_dir()), default=0
     )
@@ -95,7 +97,8 @@ def weights(ckpt_dir, epoch):
 
 def _room_for(ckpt_dir, model):
     """Refuses (ENOSPC, one line through stages.cli) a checkpoint the disk cannot hold: h5py, out of space in
-    the middle of a file, raised from its destructors and then crashed the interpreter (a segmentation fault)."""
+    the middle of a file, raised from its destructors and then crashed the interpreter (a segmentation
+    fault)."""
     need = 2 * sum(
         int(np.prod(v.shape)) * np.dtype(v.dtype).itemsize
         for v in [*model.variables, *model.optimizer.variables]

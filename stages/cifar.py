@@ -63,9 +63,10 @@ LAYOUTS = {
 NUM_CLASSES = {("cifar10", "fine"): 10, ("cifar100", "fine"): 100, ("cifar100", "coarse"): 20}
 
 
-# --- size bounds: what the official layouts can hold, so that a hostile archive is refused early and cheaply ---
+# --- size bounds: what the official layouts can hold, so that a hostile archive is refused early and cheaply
 
-# images in one member: cifar-10 has 10,000 per batch; cifar-100 50,000 train and 10,000 test in one member each
+# images in one member: cifar-10 has 10,000 per batch; cifar-100 50,000 train and 10,000 test in one member
+# each
 MAX_IMAGES = {
     ("cifar10", "train"): 10_000,
     ("cifar10", "test"): 10_000,
@@ -107,12 +108,12 @@ STREAM_MAX = (
 )
 
 
-# --- the restricted unpickler ----------------------------------------------------------------------------------
+# --- the restricted unpickler -------------------------------------------------------------------------------
 
 
 class _NdarrayName:
-    """numpy.ndarray as a pickle names it: _reconstruct's first argument, never called (a direct call builds an
-    array of any shape and strides over any buffer: 10^15 images with zero strides from 8 bytes)."""
+    """numpy.ndarray as a pickle names it: _reconstruct's first argument, never called (a direct call builds
+    an array of any shape and strides over any buffer: 10^15 images with zero strides from 8 bytes)."""
 
     __slots__ = ()
 
@@ -125,7 +126,8 @@ _DTYPE = re.compile(r"[<>|=]?[biuf][1248]")  # plain numeric dtypes, as numpy pi
 
 
 class _Array(np.ndarray):
-    """What the unpickler builds for an ndarray: its state is checked before numpy uses it (see _array_state)."""
+    """What the unpickler builds for an ndarray: its state is checked before numpy uses it (see
+    _array_state)."""
 
     def __setstate__(self, state):
         super().__setstate__(_array_state(state))
@@ -133,7 +135,8 @@ class _Array(np.ndarray):
 
 def _array_state(state):
     """numpy's array state (version, shape, dtype, fortran, bytes), refused unless its bytes hold exactly the
-    shape's elements of a plain numeric dtype: no strides, objects, sub-arrays or claims larger than the data."""
+    shape's elements of a plain numeric dtype: no strides, objects, sub-arrays or claims larger than the
+    data."""
     ok = isinstance(state, tuple) and len(state) == 5
     if ok:
         _, shape, dtype, _, data = state
@@ -169,9 +172,9 @@ def _dtype(spec, align=False, copy=True):
 
 
 class _NumpyOnlyUnpickler(pickle._Unpickler):
-    """Rebuilds plain numpy arrays and nothing else: any other global is refused, BUILD only reaches arrays and
-    dtypes. The pure-Python unpickler: its memo is a dict, where the C one allocates up to the largest memo
-    index a pickle names (4 GB for a 9-byte pickle)."""
+    """Rebuilds plain numpy arrays and nothing else: any other global is refused, BUILD only reaches arrays
+    and dtypes. The pure-Python unpickler: its memo is a dict, where the C one allocates up to the largest
+    memo index a pickle names (4 GB for a 9-byte pickle)."""
 
     GLOBALS = {
         ("numpy.core.multiarray", "_reconstruct"): _reconstruct,
@@ -193,7 +196,7 @@ class _NumpyOnlyUnpickler(pickle._Unpickler):
     dispatch = {**pickle._Unpickler.dispatch, pickle.BUILD[0]: load_build}
 
 
-# --- the archive: one streaming pass ---------------------------------------------------------------------------
+# --- the archive: one streaming pass ------------------------------------------------------------------------
 
 EXTENDED_MAX = 4096  # bytes of a pax or GNU long-name header (the official archives have none)
 
@@ -203,8 +206,8 @@ class _Refused(Exception):
 
 
 class _StrictTarInfo(tarfile.TarInfo):
-    """tarfile ends an archive quietly at a damaged header (what follows is lost without a word): an error here.
-    Extended headers are bounded before tarfile reads them: Python < 3.11.10 parses a pax header with a
+    """tarfile ends an archive quietly at a damaged header (what follows is lost without a word): an error
+    here. Extended headers are bounded before tarfile reads them: Python < 3.11.10 parses a pax header with a
     quadratic regex (CVE-2024-6232), hours of CPU for one 1 MB header."""
 
     def _proc_member(self, tarfile_):
@@ -234,7 +237,8 @@ class _StrictTarInfo(tarfile.TarInfo):
 
 
 class _Bounded:
-    """The decompressed tar stream, refused once more than STREAM_MAX bytes came out of it (a bomb stops early)."""
+    """The decompressed tar stream, refused once more than STREAM_MAX bytes came out of it (a bomb stops
+    early)."""
 
     def __init__(self, f, path):
         self.f, self.path, self.total = f, path, 0
@@ -305,7 +309,8 @@ STREAM_ERRORS = (tarfile.TarError, EOFError, OSError, zlib.error, lzma.LZMAError
 
 class Archive:
     """A tar archive read once, front to back: every member is checked as it comes, the wanted ones are handed
-    over, and the stream is read to its end (truncation, bad CRC, data after the tar) before the pass is over."""
+    over, and the stream is read to its end (truncation, bad CRC, data after the tar) before the pass is
+    over."""
 
     def __init__(self, path, name=None):
         self.file, self.path = path, name or path  # read, and named in messages
@@ -400,7 +405,7 @@ def detect_layout(archive, dataset):
     raise UserError(f"{archive.path}: not a {dataset} archive in the python or binary layout{hint}")
 
 
-# --- decoding one member ----------------------------------------------------------------------------------------
+# --- decoding one member ------------------------------------------------------------------------------------
 
 
 def _what(v):

@@ -1,6 +1,6 @@
-"""What the train stage does after each epoch (and a few steps into the first): prints the epoch's line and the
-expected time, logs the curves (dvclive) and bias-shift statistics, checkpoints a finite epoch, and stops the
-run where the loss diverged. Imports Keras: import it
+"""What the train stage does after each epoch (and a few steps into the first): prints the epoch's line and
+the expected time, logs the curves (dvclive) and bias-shift statistics, checkpoints a finite epoch, and stops
+the run where the loss diverged. Imports Keras: import it
 after params.load() has chosen the backend."""
 
 import time
@@ -41,11 +41,12 @@ def duration(seconds):
 
 
 class EachEpoch(keras.callbacks.Callback):
-    """Per epoch: adds learning rate, seconds and activation statistics to the logs, checkpoints a finite epoch,
-    logs it to dvclive and prints it; stops training at the first non-finite value. `history` holds the epochs
-    done before (a resumed run's) and grows by one dict per finite epoch. Its batch hook reads no logs, so Keras
-    may run it in a thread (async_safe) and keep dispatching steps without waiting for each one's loss (a
-    per-step check such as TerminateOnNaN would sync every step: a non-finite epoch is caught at its end)."""
+    """Per epoch: adds learning rate, seconds and activation statistics to the logs, checkpoints a finite
+    epoch, logs it to dvclive and prints it; stops training at the first non-finite value. `history` holds the
+    epochs done before (a resumed run's) and grows by one dict per finite epoch. Its batch hook reads no logs,
+    so Keras may run it in a thread (async_safe) and keep dispatching steps without waiting for each one's
+    loss (a per-step check such as TerminateOnNaN would sync every step: a non-finite epoch is caught at its
+    end)."""
 
     async_safe = True
 
@@ -89,10 +90,11 @@ class EachEpoch(keras.callbacks.Callback):
             )
 
     def epoch_seconds(self, epoch, seconds):
-        """An epoch's time, for the time left: the first epoch of a run also compiled the model (on JAX, 20-40x a
-        small model's epoch), so there the pace of its timed steps stands for it, as in the expected time. (On JAX
-        the batch hooks run in a thread as each step's result arrives, often out of order, and the main loop
-        dispatches an epoch's steps at once: no later point of the first epoch times its steps better.)"""
+        """An epoch's time, for the time left: the first epoch of a run also compiled the model (on JAX,
+        20-40x a small model's epoch), so there the pace of its timed steps stands for it, as in the expected
+        time. (On JAX the batch hooks run in a thread as each step's result arrives, often out of order, and
+        the main loop dispatches an epoch's steps at once: no later point of the first epoch times its steps
+        better.)"""
         return self.step_seconds * self.steps if epoch == self.first_epoch and self.step_seconds else seconds
 
     def on_epoch_end(self, epoch, logs):

@@ -37,7 +37,8 @@ def load_model(path):
 
 
 def predict(model, x, batch_size):
-    """(softmax (N, classes) float64, seconds of inference after a warm-up batch: tracing is not inference)."""
+    """(softmax (N, classes) float64, seconds of inference after a warm-up batch: tracing is not
+    inference)."""
     model.predict(x[:batch_size], batch_size=batch_size, verbose=0)
     t0 = time.perf_counter()
     p = model.predict(x, batch_size=batch_size, verbose=0)

@@ -1,7 +1,7 @@
 """Every stage output is written under a temporary name beside its final path and renamed when complete,
-so a killed stage never leaves a half-written file that looks finished. The temporary, .<name>.<pid>.<random>.tmp,
-is removed on failure, Ctrl-C and SIGTERM (stages.cli); one left by SIGKILL is removed by the next
-writer of the same output, once its pid is gone."""
+so a killed stage never leaves a half-written file that looks finished. The temporary,
+.<name>.<pid>.<random>.tmp, is removed on failure, Ctrl-C and SIGTERM (stages.cli); one left by SIGKILL is
+removed by the next writer of the same output, once its pid is gone."""
 
 import contextlib
 import hashlib

@@ -49,8 +49,8 @@ def count(n, noun):
 
 
 def dataset_argument(parser):
-    """The dataset a per-dataset stage works on: named on the command line, else the part of the stage name after
-    '@' ($DVC_STAGE, e.g. prepare@cifar10), so that dvc.yaml's commands carry no params value."""
+    """The dataset a per-dataset stage works on: named on the command line, else the part of the stage name
+    after '@' ($DVC_STAGE, e.g. prepare@cifar10), so that dvc.yaml's commands carry no params value."""
     stage = os.environ.get("DVC_STAGE", "")
     parser.add_argument(
         "dataset", nargs="?", choices=DATASETS, default=stage.split("@", 1)[1] if "@" in stage else None
@@ -257,8 +257,8 @@ def _split_error(params, dataset):
 
 
 def parse(path=PARAMS):
-    """params.yaml read exactly as DVC reads it (ruamel.yaml, YAML 1.2), so that every value the check passes is
-    the value DVC hands the stages: `off`, `yes` and `1:00` are strings here, as they are to DVC (PyYAML's
+    """params.yaml read exactly as DVC reads it (ruamel.yaml, YAML 1.2), so that every value the check passes
+    is the value DVC hands the stages: `off`, `yes` and `1:00` are strings here, as they are to DVC (PyYAML's
     YAML 1.1 would read False, True and 60)."""
     try:
         text = Path(path).read_text()
@@ -277,8 +277,9 @@ def parse(path=PARAMS):
 
 
 def _without_aliases(path, text):
-    """Refuses YAML aliases (*name) before anything expands them: nine nested aliases of nine items each are 387
-    million values from a file of a few hundred bytes (a check grew past 1.3 GB, DVC's own reading to 5.4 GB)."""
+    """Refuses YAML aliases (*name) before anything expands them: nine nested aliases of nine items each are
+    387 million values from a file of a few hundred bytes (a check grew past 1.3 GB, DVC's own reading to 5.4
+    GB)."""
     for event in YAML(typ="safe").parse(text):  # events only: nothing is built, nothing expanded
         if isinstance(event, AliasEvent):
             mark = event.start_mark

@@ -15,7 +15,8 @@ SHIFT = 4  # pixels: images are zero-padded by 4 and cropped back to 32x32 at a 
 
 
 def epoch_plan(n, seed, epoch, augment):
-    """Epoch `epoch`'s image order (n,), and per position a flip flag and a (dy, dx) offset in [0, 2*SHIFT]."""
+    """Epoch `epoch`'s image order (n,), and per position a flip flag and a (dy, dx) offset in [0,
+    2*SHIFT]."""
     rng = np.random.default_rng([seed, epoch])
     order = rng.permutation(n)
     if not augment:

@@ -1,9 +1,11 @@
-"""report: rank the grid's variants per dataset, say which neighbours the data can tell apart, BN's cost, bias shift.
+"""report: rank the grid's variants per dataset, say which neighbours the data can tell apart, BN's cost, bias
+shift.
 
 Reads only the entries in the current params.yaml grid (old files of removed entries are ignored).
 Outputs: metrics/summary.json; reports/report.md, a table a person reads; plots/grid/<dataset>_*.png, the
-figures (image plots: `dvc plots diff` shows two revisions side by side); plots/curves/<dataset>.tsv, the curves
-of every variant in one file for `dvc plots`. Every figure and the report state the configuration behind them.
+figures (image plots: `dvc plots diff` shows two revisions side by side); plots/curves/<dataset>.tsv, the
+curves of every variant in one file for `dvc plots`. Every figure and the report state the configuration
+behind them.
 
     python -m stages.report                              # what `dvc repro report` runs, in the project's root
     python -m stages.report docs/results/cifar10-cpu     # again from a published run's files (same layout)
@@ -151,7 +153,8 @@ def paired_tests(df, ranking):
 
 
 def mcnemar_exact(right_a, right_b):
-    """McNemar's exact test: of the test images exactly one of the two models got right, is the split 50:50?"""
+    """McNemar's exact test: of the test images exactly one of the two models got right, is the split
+    50:50?"""
     only_a, only_b = int(np.sum(right_a & ~right_b)), int(np.sum(~right_a & right_b))
     p = stats.binomtest(only_a, only_a + only_b, 0.5).pvalue if only_a + only_b else 1.0
     return {
@@ -163,8 +166,8 @@ def mcnemar_exact(right_a, right_b):
 
 
 def per_seed_mcnemar(d, a, b, correct):
-    """McNemar's p of a against b on each seed both have with per-image predictions ({seed: p}), and whether a got
-    more of the discordant test images right on every one of them."""
+    """McNemar's p of a against b on each seed both have with per-image predictions ({seed: p}), and whether a
+    got more of the discordant test images right on every one of them."""
     ds = d.dataset.iloc[0]
     seeds = sorted(set(d[d.variant == a].seed) & set(d[d.variant == b].seed))
     tests = {
@@ -178,8 +181,8 @@ def per_seed_mcnemar(d, a, b, correct):
 
 def neighbour_test(d, a, b, tests, correct):
     """Can the data tell variant a from b, its successor in the ranking? Several seeds: a paired test over the
-    seeds (Wilcoxon from WILCOXON_SEEDS seeds on, Student's paired t below, where Wilcoxon cannot reject), with
-    McNemar's test on the same test images per seed beside it; one seed: McNemar, or, without per-image
+    seeds (Wilcoxon from WILCOXON_SEEDS seeds on, Student's paired t below, where Wilcoxon cannot reject),
+    with McNemar's test on the same test images per seed beside it; one seed: McNemar, or, without per-image
     predictions, Fisher's exact test on the error counts (unpaired, so weaker)."""
     pair = next((t for t in tests if (t["better"], t["worse"]) == (a, b)), None)
     if pair:
@@ -260,9 +263,10 @@ def summarise(df, correct):
 
 
 def agreement(ds, s):
-    """Does this run reproduce the write-up? Kendall's tau between its ranking and this run's over the variants
-    both have (1: the same order, -1: reversed, ~0: unrelated), the pairs ordered alike, and the write-up's test
-    errors beside this run's intervals. Dicts and strings only, so `dvc metrics show` keeps them."""
+    """Does this run reproduce the write-up? Kendall's tau between its ranking and this run's over the
+    variants both have (1: the same order, -1: reversed, ~0: unrelated), the pairs ordered alike, and the
+    write-up's test errors beside this run's intervals. Dicts and strings only, so `dvc metrics show` keeps
+    them."""
     ref, out = WRITE_UP.get(ds, {}), {}
     common = [v for v in ref.get("ranking", []) if v in s.index]
     if len(common) >= 2:
@@ -316,7 +320,8 @@ def agreement_lines(ds, a):
 
 
 def configuration(params, d):
-    """What produced the numbers, in one line: a figure or table without it cannot be compared with another."""
+    """What produced the numbers, in one line: a figure or table without it cannot be compared with
+    another."""
     t = params["train"]
 
     def values(col, fmt="{}"):  # the models' own record; several values are listed, absent ones said so
@@ -358,7 +363,8 @@ def style(activation, batch_norm, activations):
 
 
 def legend_outside(ax):
-    """The legend to the right of ax, outside it, where it covers no data (save()'s tight layout makes room)."""
+    """The legend to the right of ax, outside it, where it covers no data (save()'s tight layout makes
+    room)."""
     ax.legend(
         fontsize=8,
         title="solid: with BN, dashed: without",
@@ -475,7 +481,8 @@ def plot_bias_shift(c, config):
 
 
 def neighbour_lines(s, tests, neighbours):
-    """Which neighbours in the ranking the data can tell apart: the test of each, and the paired tests over seeds."""
+    """Which neighbours in the ranking the data can tell apart: the test of each, and the paired tests over
+    seeds."""
     per_seed = any("mcnemar_p_per_seed" in t for t in neighbours)
     lines = [
         f"Which neighbours in the ranking the data can tell apart (p < {ALPHA}):",
@@ -512,8 +519,9 @@ def neighbour_lines(s, tests, neighbours):
 
 
 def write_ranking(folder, ds, s):
-    """One small flat file per variant, so that `dvc metrics show metrics/rank` prints the ranking as a table a
-    terminal holds: a row per variant in rank order (its path names dataset, rank and variant), five columns."""
+    """One small flat file per variant, so that `dvc metrics show metrics/rank` prints the ranking as a table
+    a terminal holds: a row per variant in rank order (its path names dataset, rank and variant), five
+    columns."""
     (folder / ds).mkdir()
     digits = len(str(len(s)))  # 01-... from 10 variants on: the rows sort in rank order
     for v, r in s.iterrows():
@@ -536,8 +544,8 @@ def markdown(ds, s, tests, neighbours, bn_cost, c, config, agree):
         "",
         f"Configuration: {config}.",
         "",
-        f"| rank | variant | test error (mean ± std) | {LEVEL:.0%} CI | n | test loss | s/epoch | mean activation,"
-        " last epoch | diverged |",
+        f"| rank | variant | test error (mean ± std) | {LEVEL:.0%} CI | n | test loss | s/epoch "
+        "| mean activation, last epoch | diverged |",
         "|---:|---|---|---|---:|---:|---:|---:|---:|",
     ]
     for v, r in s.iterrows():

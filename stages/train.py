@@ -1,6 +1,6 @@
 """train@<key> (and train_exp): train one ALL-CNN-C, on Keras' TensorFlow or JAX backend (train.backend).
 
-    python -m stages.train cifar10-elu-True-0     # what `dvc repro train@cifar10-elu-True-0` runs ($DVC_STAGE)
+    python -m stages.train cifar10-elu-True-0    # what `dvc repro train@cifar10-elu-True-0` runs ($DVC_STAGE)
 
 Outputs: <model>.keras (the trained network, which takes raw pixels and loads on either backend),
 <model>.json (how training went: epochs, seconds, divergence, backend, device), dvclive/<...>/ (per-epoch
@@ -79,19 +79,20 @@ def too_few_images(t, n_train, n_all, n_classes, dataset):
     """Why no batch is left: train.validation is held out first, then train.limit takes from the rest."""
     if t["limit"] is not None and n_train == t["limit"] // n_classes * n_classes:
         return (
-            f"params.yaml: train.limit = {t['limit']}: gives {n_train} training images of {dataset} (the subset "
-            f"is class-balanced: {t['limit'] // n_classes} of each of {n_classes} classes), fewer than "
-            f"train.batch_size = {t['batch_size']}; raise train.limit or lower train.batch_size"
+            f"params.yaml: train.limit = {t['limit']}: gives {n_train} training images of {dataset} "
+            f"(the subset is class-balanced: {t['limit'] // n_classes} of each of {n_classes} classes), "
+            f"fewer than train.batch_size = {t['batch_size']}; raise train.limit or lower train.batch_size"
         )
     return (
-        f"params.yaml: train.validation = {t['validation']}: leaves {n_train} of the {n_all} training images of "
-        f"{dataset}, fewer than train.batch_size = {t['batch_size']}; lower train.validation or train.batch_size"
+        f"params.yaml: train.validation = {t['validation']}: leaves {n_train} of the {n_all} training "
+        f"images of {dataset}, fewer than train.batch_size = {t['batch_size']}; lower train.validation or "
+        f"train.batch_size"
     )
 
 
 def interrupted_note(ckpt_dir, epochs):
-    """The words after "interrupted" when Ctrl-C stops training: the newest checkpoint on disk, which the next run
-    resumes from (an epoch may have ended without its checkpoint yet written)."""
+    """The words after "interrupted" when Ctrl-C stops training: the newest checkpoint on disk, which the next
+    run resumes from (an epoch may have ended without its checkpoint yet written)."""
     done = checkpoint.newest(ckpt_dir)
     if not done:
         return " before the first epoch ended; `dvc repro` starts it again"
@@ -99,7 +100,8 @@ def interrupted_note(ckpt_dir, epochs):
 
 
 def queued(entry, params):
-    """Models of the grid, other than this one, not trained yet: what a user still waits for after this one."""
+    """Models of the grid, other than this one, not trained yet: what a user still waits for after this
+    one."""
     return sum(not e.paths["model"].exists() for e in grid_entries(params) if e != entry)
 
 
@@ -193,8 +195,9 @@ def main():
     t0 = time.perf_counter()
     if start < t["epochs"]:
         print(
-            f"training {out['model']}: {entry.label}, seed {entry.seed}, {len(tr)} train / {len(va)} validation "
-            f"images, width {params['model']['width']:g}, {precision}, {params['train']['backend']} on {device}, "
+            f"training {out['model']}: {entry.label}, seed {entry.seed}, {len(tr)} train / {len(va)} "
+            f"validation images, width {params['model']['width']:g}, {precision}, "
+            f"{params['train']['backend']} on {device}, "
             f"epochs {start + 1}..{t['epochs']}",
             flush=True,
         )

@@ -1,7 +1,8 @@
 """The tests' own CIFAR archives, in both official layouts, with learnable synthetic classes.
 
 Class c is a fixed random colour plus a fixed random 4x4 pattern (upsampled), plus noise: a small
-convnet separates them in a couple of epochs, and every pixel is known, so decoding can be checked bit-exactly.
+convnet separates them in a couple of epochs, and every pixel is known, so decoding can be checked
+bit-exactly.
 """
 
 import io

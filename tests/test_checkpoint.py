@@ -1,5 +1,6 @@
-"""stages/checkpoint.py in-process, on a small real Keras model: the newest intact checkpoint is resumed; damaged
-ones (checksum, epoch count, step count, history beyond train.epochs) and other configurations' never are."""
+"""stages/checkpoint.py in-process, on a small real Keras model: the newest intact checkpoint is resumed;
+damaged ones (checksum, epoch count, step count, history beyond train.epochs) and other configurations' never
+are."""
 
 import json
 

@@ -55,7 +55,7 @@ def unpickled(raw):
     return pickle.loads(raw, encoding="bytes")
 
 
-# --- decoding ------------------------------------------------------------------------------------------------
+# --- decoding -----------------------------------------------------------------------------------------------
 
 
 @pytest.mark.parametrize("layout", ["python", "binary"])
@@ -91,7 +91,8 @@ def test_cifar100_decodes_bit_exactly_with_fine_or_coarse_labels(
 
 def hand_made_rows(n):
     """n images, stored as the official files do, written without the tests' writer: image i has its red plane
-    all 10 + i, green 20 + i, blue 30 + i, except the pixel at row 1, column 2, which is (200, 201, 202) + i."""
+    all 10 + i, green 20 + i, blue 30 + i, except the pixel at row 1, column 2, which is (200, 201, 202) +
+    i."""
     rows = np.zeros((n, 3072), np.uint8)
     for i in range(n):
         rows[i, 0:1024], rows[i, 1024:2048], rows[i, 2048:3072] = 10 + i, 20 + i, 30 + i
@@ -194,7 +195,7 @@ def test_members_in_any_order_and_nothing_written_to_disk(tmp_path, c10, monkeyp
     assert os.listdir(tmp_path) == ["a.tar.gz"]
 
 
-# --- damaged files -------------------------------------------------------------------------------------------
+# --- damaged files ------------------------------------------------------------------------------------------
 
 
 @pytest.fixture
@@ -476,7 +477,7 @@ def test_only_the_array_rebuilders_of_numpy_are_allowed(tmp_path, c10, module, n
     assert f"refused global {module}.{name}" in read_error(write_archive(tmp_path / "a.tar.gz", m))
 
 
-# --- hostile tar members -------------------------------------------------------------------------------------
+# --- hostile tar members ------------------------------------------------------------------------------------
 
 
 def tar_with(path, c10, extra, compression="gz"):
@@ -551,7 +552,7 @@ def test_hardlink_replacing_a_batch_is_refused(tmp_path, c10):
     assert "refused member" in read_error(path)
 
 
-# --- the wrong dataset ---------------------------------------------------------------------------------------
+# --- the wrong dataset --------------------------------------------------------------------------------------
 
 
 @pytest.mark.parametrize("layout", ["python", "binary"])

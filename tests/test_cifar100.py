@@ -1,7 +1,7 @@
-"""CIFAR-100 end to end: the tests' own archive through prepare, train, evaluate and report with `dvc repro`, once
-per label kind: fine labels under TensorFlow, coarse under JAX (in an interpreter without TensorFlow). Each label
-kind and each backend is decoded bit-exactly and trained elsewhere (test_cifar, test_train); what this adds is the
-pipeline with a class count other than 10, and the pairing keeps it to two `dvc repro`s."""
+"""CIFAR-100 end to end: the tests' own archive through prepare, train, evaluate and report with `dvc repro`,
+once per label kind: fine labels under TensorFlow, coarse under JAX (in an interpreter without TensorFlow).
+Each label kind and each backend is decoded bit-exactly and trained elsewhere (test_cifar, test_train); what
+this adds is the pipeline with a class count other than 10, and the pairing keeps it to two `dvc repro`s."""
 
 import json
 import sys

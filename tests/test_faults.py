@@ -42,7 +42,8 @@ def lock_stages(repo):
 
 
 def strict_json(path):
-    """JSON as the standard has it: NaN and Infinity are not numbers there (jq, browsers and Studio refuse them)."""
+    """JSON as the standard has it: NaN and Infinity are not numbers there (jq, browsers and Studio refuse
+    them)."""
 
     def refuse(name):
         raise AssertionError(f"{path}: {name} is not JSON")
@@ -96,8 +97,8 @@ def wait_for_second_entry(repo, proc, log, timeout=600):
 
 @pytest.fixture(scope="module")
 def killed(tmp_path_factory, cifar10_archive):
-    """A grid of two: the first entry trained, the second killed with SIGKILL in epoch 3, the newest of its two
-    checkpoints then damaged (one byte flipped), and `dvc repro report` run again."""
+    """A grid of two: the first entry trained, the second killed with SIGKILL in epoch 3, the newest of its
+    two checkpoints then damaged (one byte flipped), and `dvc repro report` run again."""
     # width 0.5: an epoch takes a few seconds, so the kill lands inside one
     repo = make_project(
         tmp_path_factory.mktemp("killed") / "repo",
@@ -168,7 +169,8 @@ def test_rerun_resumes_the_killed_entry_from_its_newest_intact_checkpoint(killed
     assert f"warning: {damaged} is damaged (checksum, epoch count or step count disagree); ignoring it" in out
     assert f"resuming after epoch {n} from {intact}" in out
     assert re.search(rf"training models/grid/{victim}.keras: .* epochs {n + 1}\.\.{EPOCHS}\n", out)
-    # the first epoch after the resume repeats the interrupted run's (same batches, same weights, same RNG state)
+    # the first epoch after the resume repeats the interrupted run's (same batches, same weights, same RNG
+    # state)
     again = re.compile(rf"^epoch {n + 1}/{EPOCHS}: (.*)  seconds ", re.M)
     first = killed["before"]["out"].split(f"training models/grid/{victim}.keras")[1]
     assert again.search(first) and again.search(first).group(1) == again.search(out).group(1)
@@ -241,8 +243,8 @@ def test_damaged_prepared_file_is_refused_then_restored_without_retraining(kille
 
 @pytest.mark.e2e
 def test_diverging_entry_is_flagged_and_the_study_completes(tmp_path, cifar10_archive):
-    """lr 10 with no momentum: ReLU's loss becomes NaN within three epochs, the sigmoid's stays finite. Integer
-    learning_rate and momentum, as a user types them, are accepted by training too (regression)."""
+    """lr 10 with no momentum: ReLU's loss becomes NaN within three epochs, the sigmoid's stays finite.
+    Integer learning_rate and momentum, as a user types them, are accepted by training too (regression)."""
     repo = make_project(
         tmp_path / "repo",
         cifar10_archive,

@@ -1,6 +1,6 @@
-"""A GPU owner's install: requirements-gpu.txt pins what requirements.txt pins, plus the CUDA wheels, and resolves
-(`pip install --dry-run`, where the package registry answers); and where nvidia-smi lists a GPU that Keras'
-backend does not see, the train stage says so in one line with that fix."""
+"""A GPU owner's install: requirements-gpu.txt pins what requirements.txt pins, plus the CUDA wheels, and
+resolves (`pip install --dry-run`, where the package registry answers); and where nvidia-smi lists a GPU that
+Keras' backend does not see, the train stage says so in one line with that fix."""
 
 import json
 import re
@@ -43,8 +43,8 @@ def registry_answers():
 
 @pytest.mark.e2e
 def test_gpu_requirements_resolve(tmp_path):
-    """The GPU pins and the CUDA wheels they pull in resolve together (the whole file, requirements.txt included,
-    was checked the same way when it was written: a few minutes more, for pins this file shares)."""
+    """The GPU pins and the CUDA wheels they pull in resolve together (the whole file, requirements.txt
+    included, was checked the same way when it was written: a few minutes more, for pins this file shares)."""
     if not registry_answers():
         pytest.skip("the package registry does not answer here (offline CI): nothing to resolve against")
     gpu = tmp_path / "gpu-pins.txt"

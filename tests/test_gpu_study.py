@@ -1,8 +1,8 @@
-"""The GPU study's device procedure, rehearsed on a CPU: benchmarks/device_run.sh, the exact command a lent GPU
-machine runs, with a plain-tar archive and a wheel installed by `pip install --target` (here the wheel makes the
-interpreter one without TensorFlow, as the GPU machines are), --tiny and a small budget. Then the same study
-resumed into a budget it cannot finish in (the deadline stops it), killed by SIGKILL and stopped by SIGTERM
-mid-training (its files stay, no process outlives it), and refused where no GPU is visible."""
+"""The GPU study's device procedure, rehearsed on a CPU: benchmarks/device_run.sh, the exact command a lent
+GPU machine runs, with a plain-tar archive and a wheel installed by `pip install --target` (here the wheel
+makes the interpreter one without TensorFlow, as the GPU machines are), --tiny and a small budget. Then the
+same study resumed into a budget it cannot finish in (the deadline stops it), killed by SIGKILL and stopped by
+SIGTERM mid-training (its files stay, no process outlives it), and refused where no GPU is visible."""
 
 import base64
 import hashlib
@@ -73,7 +73,8 @@ def gone_within(seconds, work):
 
 @pytest.fixture(scope="module")
 def rehearsal(tmp_path_factory):
-    """device_run.sh on a CPU: (its output, its wall seconds, the folder holding out/, work/ and the archive)."""
+    """device_run.sh on a CPU: (its output, its wall seconds, the folder holding out/, work/ and the
+    archive)."""
     base = tmp_path_factory.mktemp("device")
     device = base / ".device"
     (device / "wheels").mkdir(parents=True)

@@ -32,7 +32,7 @@ def tar_bytes(tmp_path, members):
     return write_archive(tmp_path / "plain.tar", members, compression=None).read_bytes()
 
 
-# --- 1. multi-member archives ----------------------------------------------------------------------------------
+# --- 1. multi-member archives -------------------------------------------------------------------------------
 
 
 def split_at_members(raw):
@@ -72,7 +72,7 @@ def test_second_tar_appended_after_the_end_is_refused(tmp_path, c10):
     assert "data after the end of the tar archive" in read_error(path)
 
 
-# --- 4. size bounds and hostile pickles: refused fast, in little memory ------------------------------------------
+# --- 4. size bounds and hostile pickles: refused fast, in little memory -------------------------------------
 
 CHILD = """
 import sys
@@ -83,8 +83,8 @@ try:
     print("accepted", file=sys.stderr)
 except UserError as e:
     print(f"error: {e}", file=sys.stderr)
-# peak MB of this process: VmHWM belongs to the process image, while ru_maxrss keeps across exec the peak of the
-# forked parent (a pytest process that imported TensorFlow: ~900 MB)
+# peak MB of this process: VmHWM belongs to the process image, while ru_maxrss keeps across exec the peak of
+# the forked parent (a pytest process that imported TensorFlow: ~900 MB)
 print(next(int(l.split()[1]) for l in open("/proc/self/status") if l.startswith("VmHWM:")) // 1024)
 """
 
@@ -137,7 +137,8 @@ def test_member_larger_than_the_layout_holds_is_refused_from_its_header(tmp_path
 
 
 def test_gzip_bomb_is_refused_once_the_stream_exceeds_what_cifar_holds(tmp_path, c10):
-    """A valid archive followed by ~1 GB of zeros in 3 MB of gzip members (zero padding is allowed after a tar)."""
+    """A valid archive followed by ~1 GB of zeros in 3 MB of gzip members (zero padding is allowed after a
+    tar)."""
     zeros = gzip.compress(b"\0" * (16 << 20), compresslevel=9)
     path = tmp_path / "a.tar.gz"
     path.write_bytes(gzip.compress(tar_bytes(tmp_path, python_members("cifar10", c10))) + zeros * 64)
@@ -214,7 +215,7 @@ def test_array_state_that_does_not_match_its_bytes_is_refused(tmp_path, c10, sta
     assert f"{PY10}/test_batch: not a CIFAR pickle" in message and "refused" in message
 
 
-# --- 5. malformed contents: one line, never a traceback or silently wrong data -----------------------------------
+# --- 5. malformed contents: one line, never a traceback or silently wrong data ------------------------------
 
 
 @pytest.mark.parametrize(

@@ -1,7 +1,7 @@
-"""Issue 15, second outside attack, the inputs: a stalled download, a pax header that hangs tarfile, a YAML alias
-bomb, credentials in a URL, values the check passed and a stage then crashed on, archive member names that
-dodged the duplicate check, class names with control characters. Each must end in one line naming the file or
-parameter and the fix, within seconds, in little memory, writing nothing."""
+"""Issue 15, second outside attack, the inputs: a stalled download, a pax header that hangs tarfile, a YAML
+alias bomb, credentials in a URL, values the check passed and a stage then crashed on, archive member names
+that dodged the duplicate check, class names with control characters. Each must end in one line naming the
+file or parameter and the fix, within seconds, in little memory, writing nothing."""
 
 import base64
 import functools
@@ -43,7 +43,7 @@ def run_stage(repo, module, *args, env=None, timeout=120):
     return p.returncode, [line for line in p.stderr.splitlines() if line.strip()], time.monotonic() - t0
 
 
-# --- 1. a download that stalls ------------------------------------------------------------------------------------
+# --- 1. a download that stalls ------------------------------------------------------------------------------
 
 
 class _Stalling(http.server.BaseHTTPRequestHandler):
@@ -104,7 +104,7 @@ def test_the_default_stall_limit_answers_within_30_seconds():
     assert prepare.STALL <= 20 and prepare.STALL_BYTES <= 1 << 16
 
 
-# --- 2. a pax header that hangs Python's tarfile (CVE-2024-6232) ----------------------------------------------------
+# --- 2. a pax header that hangs Python's tarfile (CVE-2024-6232) --------------------------------------------
 
 
 def pax_archive(tmp_path, digits):
@@ -145,7 +145,7 @@ def test_small_pax_headers_are_still_read(tmp_path):
     assert len(got["train"][1]) == 20 and len(names) == 10
 
 
-# --- 3. a YAML alias bomb in params.yaml ---------------------------------------------------------------------------
+# --- 3. a YAML alias bomb in params.yaml --------------------------------------------------------------------
 
 BOMB = "".join(
     f"{k}: &{k} [{', '.join([f'*{p}'] * 9) if p else ', '.join(['x'] * 9)}]\n"
@@ -155,7 +155,8 @@ BOMB = "".join(
 
 @pytest.mark.parametrize("where", ["unknown key", "real key"])
 def test_alias_bomb_is_refused_before_anything_expands_it(tmp_path, where):
-    """Nine levels of nine aliases: 387 M values. Was: the check grew past 1.3 GB (repr() of the expansion)."""
+    """Nine levels of nine aliases: 387 M values. Was: the check grew past 1.3 GB (repr() of the
+    expansion)."""
     text = (
         (ROOT / "params.yaml").read_text() + BOMB
         if where == "unknown key"
@@ -164,7 +165,8 @@ def test_alias_bomb_is_refused_before_anything_expands_it(tmp_path, where):
     path = tmp_path / "params.yaml"
     path.write_text(text)
     code = (
-        f"from stages.params import load\nimport sys\ntry: load(sys.argv[1])\nexcept Exception as e: print(e)\n"
+        "from stages.params import load\nimport sys\n"
+        "try: load(sys.argv[1])\nexcept Exception as e: print(e)\n"
         f"print({PEAK_MB})"
     )
     t0 = time.monotonic()
@@ -193,7 +195,7 @@ def test_messages_show_bounded_values():
     assert len(line) < 400 and "..." in line
 
 
-# --- 5. credentials in a URL ---------------------------------------------------------------------------------------
+# --- 5. credentials in a URL --------------------------------------------------------------------------------
 
 SECRET_URL = "http://alice:S3CRETPW@127.0.0.1:9/cifar-10-python.tar.gz"
 
@@ -241,7 +243,7 @@ def test_a_netrc_gives_the_download_its_credentials(project, cifar10_archive, tm
     assert md5(Path(project, "data/raw/cifar10", cifar10_archive.name)) == md5(cifar10_archive)
 
 
-# --- 6 and 7. values the check passed and a stage then crashed on --------------------------------------------------
+# --- 6 and 7. values the check passed and a stage then crashed on -------------------------------------------
 
 
 @pytest.mark.parametrize(
@@ -272,7 +274,8 @@ def test_values_that_crashed_a_stage_are_refused_by_the_check(key, value, expect
 
 
 def test_validation_is_taken_before_the_limit():
-    """Was: `train.limit: 4000` with `validation: 5000` refused, though 45,000 images remain after the hold-out."""
+    """Was: `train.limit: 4000` with `validation: 5000` refused, though 45,000 images remain after the
+    hold-out."""
     assert validate(changed("train.limit", 4000, changed("train.validation", 5000))) == []
     assert validate(changed("model.width", 0.006)) == []
 
@@ -311,8 +314,8 @@ def test_damaged_training_summary_is_one_line_at_evaluate(project, content):
 
 
 def on_a_full_disk(project, folder, size, *stage):
-    """The stage's stderr lines and exit status, run with a tmpfs of `size` on project/folder (a user and mount
-    namespace, so no privilege is needed)."""
+    """The stage's stderr lines and exit status, run with a tmpfs of `size` on project/folder (a user and
+    mount namespace, so no privilege is needed)."""
     if subprocess.run(["unshare", "-rm", "true"], capture_output=True).returncode != 0:
         pytest.skip("no unprivileged mount namespace here to fill a disk in")
     Path(project, folder).mkdir(exist_ok=True)
@@ -347,7 +350,7 @@ def test_full_disk_in_train_is_one_line(project):
     assert not Path(project, "models/grid").exists()
 
 
-# --- 8. archive member names, class names, and what a refused archive leaves -------------------------------------
+# --- 8. archive member names, class names, and what a refused archive leaves --------------------------------
 
 
 @pytest.mark.parametrize(

@@ -1,5 +1,5 @@
-"""What an outside attack on prepare@<dataset> found (issue 9), each tried again in a temporary git+DVC copy of
-the project: a local archive replaced at the same path, killed stages' temporaries, unhelpful messages."""
+"""What an outside attack on prepare@<dataset> found (issue 9), each tried again in a temporary git+DVC copy
+of the project: a local archive replaced at the same path, killed stages' temporaries, unhelpful messages."""
 
 import os
 import signal
@@ -16,7 +16,7 @@ from tests.archives import write_cifar
 from tests.conftest import ENV, ROOT, dvc, git, md5, set_params
 from tests.test_prepare import assert_one_error_line, leftovers, load_split, prepare
 
-# --- 2. a local archive replaced at the same path -------------------------------------------------------------
+# --- 2. a local archive replaced at the same path -----------------------------------------------------------
 
 
 @pytest.mark.e2e
@@ -46,7 +46,7 @@ def test_replaced_local_archive_reruns_prepare_and_only_what_depends_on_it(proje
     assert stamp == {"url": str(archive), "md5": md5(archive)}
 
 
-# --- 3. killed stages' temporaries ------------------------------------------------------------------------------
+# --- 3. killed stages' temporaries --------------------------------------------------------------------------
 
 SLOW_WRITER = """
 import sys, time
@@ -106,7 +106,8 @@ def test_stale_temporaries_of_the_same_output_are_removed_live_and_other_ones_ke
 
 
 def test_prepare_removes_what_a_killed_run_left_and_git_ignores_temporaries(project):
-    """SIGKILL during np.savez or the download left 160-210 MB under data/prepared/.cifar10.*.tmp/ for good."""
+    """SIGKILL during np.savez or the download left 160-210 MB under data/prepared/.cifar10.*.tmp/ for
+    good."""
     dead = dead_pid()
     leftovers_before = [
         Path(project, "data/prepared", f".cifar10.{dead}.abcdefgh.tmp"),
@@ -123,7 +124,7 @@ def test_prepare_removes_what_a_killed_run_left_and_git_ignores_temporaries(proj
     assert leftovers(project) == []
 
 
-# --- 6. messages -----------------------------------------------------------------------------------------------
+# --- 6. messages --------------------------------------------------------------------------------------------
 
 
 def test_url_without_a_file_name_is_one_line_naming_the_key(project):

@@ -28,7 +28,7 @@ def temporaries(repo):
     return sorted(str(p.relative_to(repo)) for p in Path(repo).rglob("*.tmp"))
 
 
-# --- 10. one UserError class, one line from every stage -------------------------------------------------------------
+# --- 10. one UserError class, one line from every stage -----------------------------------------------------
 
 
 def test_stage_runner_imports_nothing_from_stages_and_is_the_only_home_of_user_error():
@@ -45,8 +45,8 @@ def test_stage_runner_imports_nothing_from_stages_and_is_the_only_home_of_user_e
 
 @pytest.mark.parametrize("module", ["params", "train", "evaluate", "report"])
 def test_backend_mismatch_is_one_line_from_every_stage_that_reads_it(project, module):
-    """Was: 15 lines of traceback ending in the message (`python -m stages.params`: `__main__.UserError` caught,
-    `stages.params.UserError` raised by stages/backend.py)."""
+    """Was: 15 lines of traceback ending in the message (`python -m stages.params`: `__main__.UserError`
+    caught, `stages.params.UserError` raised by stages/backend.py)."""
     set_params(project, train={"backend": "jax"})
     status, err, seconds = run_stage(
         project,
@@ -75,7 +75,7 @@ def test_data_stages_print_their_user_error_as_one_line(project, tmp_path, modul
     ), err
 
 
-# --- 9. SIGTERM and Ctrl-C end a training stage, on both backends ------------------------------------------------
+# --- 9. SIGTERM and Ctrl-C end a training stage, on both backends -------------------------------------------
 
 
 @pytest.fixture(scope="module", params=["tensorflow", "jax"])
@@ -118,9 +118,9 @@ def start_training(repo, env, until):
     [("training models/", signal.SIGTERM), ("epoch 2/", signal.SIGTERM), ("epoch 2/", signal.SIGINT)],
 )
 def test_a_signal_ends_the_train_stage_on_both_backends(trainable, moment, sig):
-    """SIGTERM while the step is compiled (right after the `training ...` line) and within an epoch; Ctrl-C in an
-    epoch. Was on JAX: training went on with SIGTERM in SigIgn (Keras' pythonify_logs swallowed the exception);
-    Ctrl-C: a traceback."""
+    """SIGTERM while the step is compiled (right after the `training ...` line) and within an epoch; Ctrl-C in
+    an epoch. Was on JAX: training went on with SIGTERM in SigIgn (Keras' pythonify_logs swallowed the
+    exception); Ctrl-C: a traceback."""
     repo, env = trainable
     p, out = start_training(repo, env, moment)
     t0 = time.monotonic()
@@ -142,7 +142,7 @@ def test_a_signal_ends_the_train_stage_on_both_backends(trainable, moment, sig):
         assert Path(repo, f"checkpoints/grid/{KEY}/epoch-{int(m[1]):04d}/history.json").is_file()
 
 
-# --- 4. stages die with the dvc that started them ----------------------------------------------------------------
+# --- 4. stages die with the dvc that started them -----------------------------------------------------------
 
 
 @pytest.mark.e2e
@@ -181,7 +181,7 @@ def test_killing_dvc_repro_ends_its_stage(project, sig, shell):
     assert not Path(project, f"models/grid/{KEY}.keras").exists() and temporaries(project) == []
 
 
-# --- 11. no DVC output becomes a git-tracked file after an interrupted `dvc exp run` -----------------------------
+# --- 11. no DVC output becomes a git-tracked file after an interrupted `dvc exp run` ------------------------
 
 
 @pytest.mark.e2e

@@ -1,6 +1,7 @@
 """params.yaml is checked before anything else runs: stages/params.py in-process for every kind of bad value,
-then `python -m stages.params` and `dvc repro` as a user runs them, to show that a bad value stops the pipeline
-at the check stage, before any download, and that a grid value written to reach a shell never gets there."""
+then `python -m stages.params` and `dvc repro` as a user runs them, to show that a bad value stops the
+pipeline at the check stage, before any download, and that a grid value written to reach a shell never gets
+there."""
 
 import copy
 import shutil
@@ -201,7 +202,8 @@ def test_experiment_dataset_must_be_in_the_grid():
 
 
 def test_validation_split_must_leave_training_images():
-    """Validation is held out first, then train.limit takes from the rest (was: validation compared to limit)."""
+    """Validation is held out first, then train.limit takes from the rest (was: validation compared to
+    limit)."""
     line = one_problem(changed("train.validation", 49_990))
     assert line == (
         "train.validation = 49990: leaves 10 of the 50000 training images of cifar10, fewer than one "
@@ -318,8 +320,8 @@ def test_check_command_exits_2_and_writes_nothing(tmp_path):
     status, out, errors = check(tmp_path)
     assert status == 2 and out == ""
     assert errors == [
-        "error: params.yaml: activation = 'relu; touch pwned': must be a lower-case name of letters, digits and _ "
-        "(it becomes part of stage names and paths)",
+        "error: params.yaml: activation = 'relu; touch pwned': must be a lower-case name of letters, "
+        "digits and _ (it becomes part of stage names and paths)",
         "error: params.yaml: grid.datset: unknown key; did you mean grid.dataset?",
         "error: params.yaml: grid.dataset: missing; see the README's params.yaml section",
         "error: params.yaml: train.batch_size = 0: must be an integer >= 1",
@@ -336,8 +338,9 @@ def test_check_command_exits_2_and_writes_nothing(tmp_path):
 
 
 def test_the_check_loads_keras_only_for_a_name_outside_the_study(tmp_path):
-    """The check stage reruns on every edit of params.yaml: the study's own activations are known without Keras
-    (seconds of TensorFlow import); a Keras-only name such as gelu still passes, after Keras was asked."""
+    """The check stage reruns on every edit of params.yaml: the study's own activations are known without
+    Keras (seconds of TensorFlow import); a Keras-only name such as gelu still passes, after Keras was
+    asked."""
     shutil.copytree(ROOT / "stages", tmp_path / "stages", ignore=shutil.ignore_patterns("__pycache__"))
     probe = (
         "import sys; from stages import params; params.load(); print(' '.join(sorted(m for m in sys.modules "
@@ -378,9 +381,9 @@ def test_dvc_repro_stops_at_the_check_before_any_shell_download_or_training(tmp_
     assert p.returncode != 0
     assert "Running stage 'check':" in p.stdout
     assert (
-        f"error: params.yaml: grid.activation = {injected!r}: must be a list whose items are each a lower-case "
-        f"name of letters, digits and _ (it becomes part of stage names and paths) ({injected[1]!r} is not)"
-        in p.stdout
+        f"error: params.yaml: grid.activation = {injected!r}: must be a list whose items are each a "
+        f"lower-case name of letters, digits and _ (it becomes part of stage names and paths) "
+        f"({injected[1]!r} is not)" in p.stdout
     )
     assert (
         "ERROR: failed to reproduce 'check': failed to run: python -m stages.params, exited with 2"

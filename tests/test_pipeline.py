@@ -1,5 +1,6 @@
 """The users' workflow end to end, in a temporary git+DVC repo on the tests' own tiny archive:
-repro -> metrics show -> no-op repro -> exp run -S -> metrics diff -> exp show -> plots diff -> queued sweep."""
+repro -> metrics show -> no-op repro -> exp run -S -> metrics diff -> exp show -> plots diff -> queued
+sweep."""
 
 import json
 

@@ -1,6 +1,6 @@
-"""prepare@<dataset> run as users run it: `python -m stages.prepare <dataset>` and `dvc repro prepare@<dataset>`
-in a temporary copy of the project. Each run imports TensorFlow (~10-20 s), so the runs are few and each checks
-several things."""
+"""prepare@<dataset> run as users run it: `python -m stages.prepare <dataset>` and `dvc repro
+prepare@<dataset>` in a temporary copy of the project. Each run imports TensorFlow (~10-20 s), so the runs are
+few and each checks several things."""
 
 import json
 import re

@@ -254,7 +254,8 @@ def test_cifar100_is_held_against_the_write_ups_error():
 
 
 def test_several_seeds_are_tested_over_seeds_with_mcnemar_beside(tmp_path, monkeypatch):
-    """Two seeds: Wilcoxon cannot reject, so the paired t-test decides; McNemar on each seed is reported beside."""
+    """Two seeds: Wilcoxon cannot reject, so the paired t-test decides; McNemar on each seed is reported
+    beside."""
     from stages import report
 
     grid = {**GRID, "seed": [0, 1]}
@@ -290,8 +291,8 @@ def test_several_seeds_are_tested_over_seeds_with_mcnemar_beside(tmp_path, monke
     [
         (
             "summary={}",
-            "models/grid/cifar10-relu-True-0.json: not what its stage writes (no 'train_images'); rebuild it: "
-            "dvc repro -f train@cifar10-relu-True-0",
+            "models/grid/cifar10-relu-True-0.json: not what its stage writes (no 'train_images'); "
+            "rebuild it: dvc repro -f train@cifar10-relu-True-0",
         ),
         (
             "summary=not json",

@@ -1,5 +1,6 @@
 """The published runs under docs/results/: each is the report of a real run with the files it was made from,
-`python -m stages.report <folder>` makes the same report from them, and the README's tables quote them exactly."""
+`python -m stages.report <folder>` makes the same report from them, and the README's tables quote them
+exactly."""
 
 import json
 import re
@@ -44,8 +45,8 @@ def test_a_published_run_is_its_reports_source(run, tmp_path):
 
 
 def test_the_cpu_study_is_the_size_that_ranks():
-    """docs/results/cifar10-cpu: 8 variants x >= 2 seeds, all 45,000 training images, >= 10 epochs, every model
-    trained to the end."""
+    """docs/results/cifar10-cpu: 8 variants x >= 2 seeds, all 45,000 training images, >= 10 epochs, every
+    model trained to the end."""
     run = RESULTS / "cifar10-cpu"
     models = [json.loads(f.read_text()) for f in sorted((run / "models/grid").glob("*.json"))]
     variants = {(m["activation"], m["batch_norm"]) for m in models}
@@ -95,7 +96,8 @@ def test_readme_gives_each_recipe_as_its_one_command():
 
 
 def test_readme_test_times_are_the_committed_logs():
-    """The README's test counts and times, and docs/benchmarks.md's table, quote the logs in docs/test-times/."""
+    """The README's test counts and times, and docs/benchmarks.md's table, quote the logs in
+    docs/test-times/."""
 
     def last_line(
         name,

@@ -1,6 +1,6 @@
-"""Sharing experiments (README, "Sharing experiments"): `dvc exp push` from one clone to a Git remote and a DVC
-remote, `dvc exp pull` in another clone, which then lists the experiment with its metrics and restores its model.
-Real git and DVC: a bare repository as origin, a local folder as the DVC remote, a tiny experiment."""
+"""Sharing experiments (README, "Sharing experiments"): `dvc exp push` from one clone to a Git remote and a
+DVC remote, `dvc exp pull` in another clone, which then lists the experiment with its metrics and restores its
+model. Real git and DVC: a bare repository as origin, a local folder as the DVC remote, a tiny experiment."""
 
 import csv
 import io
@@ -14,7 +14,8 @@ pytestmark = pytest.mark.e2e  # trains and runs DVC: the whole module is outside
 
 
 def shown(repo):
-    """{experiment name: its metrics/experiment.json test error and activation} as `dvc exp show` lists them."""
+    """{experiment name: its metrics/experiment.json test error and activation} as `dvc exp show` lists
+    them."""
     out = dvc(
         "exp", "show", "--csv", "--drop", ".*", "--keep", "Experiment|activation|.*test_error", cwd=repo
     ).stdout

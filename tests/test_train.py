@@ -116,8 +116,9 @@ def killed(prepared, backend, tmp_path_factory):
 
 
 def test_one_epoch_trains_and_evaluates_as_the_stages_run_it(prepared, tmp_path):
-    """The fast tier's pass through train, the input pipeline, the recorder and evaluate, without DVC: one epoch
-    at TINY's width, its outputs the size the params ask for (the e2e tests below check what they learn)."""
+    """The fast tier's pass through train, the input pipeline, the recorder and evaluate, without DVC: one
+    epoch at TINY's width, its outputs the size the params ask for (the e2e tests below check what they
+    learn)."""
     repo = copy_repo(prepared, tmp_path / "repo", "tensorflow")
     set_params(repo, train={"epochs": 1})
     output = train(repo, "tensorflow").stdout
@@ -315,8 +316,8 @@ def test_adding_an_activation_trains_only_the_new_entries(tmp_path, cifar10_arch
     set_params(repo, grid={"activation": ["relu", "elu", "selu"]})
     changed = set(json.loads(dvc("status", "--json", cwd=repo).stdout))
     new = {f"{s}@cifar10-{a}-False-0" for s in ("train", "evaluate") for a in ("elu", "selu")}
-    # check validates the whole params.yaml, so it reruns, but its output does not change; report ranks the grid;
-    # train_exp and evaluate_exp were never run here
+    # check validates the whole params.yaml, so it reruns, but its output does not change; report ranks the
+    # grid; train_exp and evaluate_exp were never run here
     assert changed == new | {"check", "report", "source@cifar10", "train_exp", "evaluate_exp"}
     set_params(repo, grid={"activation": ["relu", "elu"]})
     output = dvc("repro", "report", cwd=repo).stdout

@@ -1,6 +1,6 @@
-"""What a params.yaml from someone else can and cannot do: no value reaches a shell, whichever stages DVC is told
-to run (`-s`, `--downstream`, a stale `data/params.ok`), and the check accepts exactly what the stages accept
-(YAML read as DVC reads it; activations the net can use). docs/faults.md states the trust model."""
+"""What a params.yaml from someone else can and cannot do: no value reaches a shell, whichever stages DVC is
+told to run (`-s`, `--downstream`, a stale `data/params.ok`), and the check accepts exactly what the stages
+accept (YAML read as DVC reads it; activations the net can use). docs/faults.md states the trust model."""
 
 import json
 import subprocess
@@ -28,7 +28,8 @@ def prepared_project(tmp_path_factory, cifar10_archive):
 
 @pytest.fixture(scope="module")
 def intact_project(tmp_path_factory, cifar10_archive):
-    """Another one, which no failed `dvc repro` has touched (DVC removes a stage's outputs before running it)."""
+    """Another one, which no failed `dvc repro` has touched (DVC removes a stage's outputs before running
+    it)."""
     return prepare(tmp_path_factory, cifar10_archive)
 
 
@@ -77,8 +78,8 @@ def test_injected_value_never_reaches_a_shell_whatever_dvc_runs(prepared_project
     ],
 )
 def test_check_refuses_what_the_stages_would_refuse(tmp_path, cifar10_archive, old, new, expected):
-    """YAML 1.1 spellings (PyYAML reads off/yes as booleans, 1:00 as 60; DVC reads strings) and Keras activations
-    that cannot stand in the net (glu halves the channels, threshold needs arguments)."""
+    """YAML 1.1 spellings (PyYAML reads off/yes as booleans, 1:00 as 60; DVC reads strings) and Keras
+    activations that cannot stand in the net (glu halves the channels, threshold needs arguments)."""
     repo = make_project(tmp_path / "repo", cifar10_archive)
     edit(repo, old, new)
     p = run([sys.executable, "-m", "stages.params"], repo, check=False)
@@ -113,7 +114,8 @@ def test_damaged_classes_json_is_one_line(intact_project, classes, message):
 def test_evaluate_before_train_says_what_to_run(intact_project):
     p = run([sys.executable, "-m", "stages.evaluate", "cifar10-relu-False-0"], intact_project, check=False)
     assert p.returncode == 2 and p.stdout.strip().splitlines() == [
-        "error: models/grid/cifar10-relu-False-0.keras: missing; train it first: dvc repro train@cifar10-relu-False-0"
+        "error: models/grid/cifar10-relu-False-0.keras: missing; train it first: "
+        "dvc repro train@cifar10-relu-False-0"
     ]
 
 

@@ -1,5 +1,6 @@
-"""Rebuilds ../offline.html, the page template of `dvc plots show/diff` (`plots.html_template` in .dvc/config),
-with vega, vega-lite and vega-embed inlined, so that the page draws its charts without a network.
+"""Rebuilds ../offline.html, the page template of `dvc plots show/diff` (`plots.html_template` in
+.dvc/config), with vega, vega-lite and vega-embed inlined, so that the page draws its charts without a
+network.
 
 DVC's default page loads these three scripts from a CDN and stays blank offline. Inlined rather than linked:
 a relative <script src> would be resolved against the output html, which `-o` puts anywhere.
