@@ -27,6 +27,7 @@ import zlib
 import numpy as np
 
 from stages.cli import UserError
+from stages.datasets import NUM_CLASSES
 
 PIXELS = 32 * 32 * 3  # bytes per image
 SPLITS = ("train", "test")
@@ -60,7 +61,6 @@ LAYOUTS = {
         },
     },
 }
-NUM_CLASSES = {("cifar10", "fine"): 10, ("cifar100", "fine"): 100, ("cifar100", "coarse"): 20}
 
 
 # --- size bounds: what the official layouts can hold, so that a hostile archive is refused early and cheaply

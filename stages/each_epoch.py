@@ -9,12 +9,18 @@ import keras
 import numpy as np
 from dvclive.utils import standardize_metric_name
 
-from stages import checkpoint, recipes
+from stages import checkpoint
 from stages.model import ACT_PREFIX
 
 SHOWN = ("loss", "accuracy", "val_loss", "val_accuracy", "learning_rate", "seconds")
 TIMED_STEPS = (3, 13)  # the expected time comes from steps 3..13 of the first epoch run (after compilation)
 CPU_PATIENCE = 4 * 3600  # seconds: a grid expected to take longer on a CPU gets a pointer to the CPU recipe
+# the pointer names the recipe rather than spelling its command: training does not import stages/recipes.py,
+# so that a new recipe retrains nothing
+CPU_POINTER = (
+    "note: these are GPU-sized params; on a CPU, the recipe cpu-study ranks the variants in about 2 h "
+    '(README, "The study on a CPU"); `python -m stages.recipes` prints its command'
+)
 
 
 def log_epoch(live, logs):
@@ -50,7 +56,7 @@ class EachEpoch(keras.callbacks.Callback):
 
     async_safe = True
 
-    def __init__(self, history, live, ckpt_dir, probe_x, epochs, steps, queued, on_gpu):
+    def __init__(self, *, history, live, ckpt_dir, probe_x, epochs, steps, queued, on_gpu):
         super().__init__()
         self.history, self.live, self.ckpt_dir, self.probe_x = history, live, ckpt_dir, probe_x
         self.epochs, self.steps, self.queued, self.on_gpu = epochs, steps, queued, on_gpu
@@ -83,11 +89,7 @@ class EachEpoch(keras.callbacks.Callback):
             )
         print(msg, flush=True)
         if not self.on_gpu and left + self.queued * epoch * self.epochs > CPU_PATIENCE:
-            print(
-                f"note: these are GPU-sized params; on a CPU, the study that ranks the variants in about 2 h "
-                f'(README, "The study on a CPU"): {recipes.command("cpu-study")}',
-                flush=True,
-            )
+            print(CPU_POINTER, flush=True)
 
     def epoch_seconds(self, epoch, seconds):
         """An epoch's time, for the time left: the first epoch of a run also compiled the model (on JAX,

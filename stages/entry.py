@@ -18,7 +18,8 @@ from pathlib import Path
 import numpy as np
 
 from stages.cli import UserError
-from stages.params import load, num_classes
+from stages.datasets import num_classes
+from stages.params import load
 
 SPLIT_SEED = 0  # the train/validation split and the subset are the same for every variant and seed
 PREPARED = Path("data/prepared")

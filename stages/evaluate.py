@@ -45,36 +45,47 @@ def predict(model, x, batch_size):
     return np.asarray(p, dtype=np.float64), time.perf_counter() - t0
 
 
+def training_summary(entry):
+    """models/<...>.json of a trained entry, checked: the model and its summary exist and it holds what its
+    stage writes."""
+    out = entry.paths
+    stage = "train_exp" if entry.experiment else f"train@{entry.key}"
+    if not (out["summary"].is_file() and out["model"].is_file()):
+        raise UserError(f"{out['model']}: missing; train it first: dvc repro {stage}")
+    return read_json(
+        out["summary"],
+        SUMMARY_KEYS,
+        f"retrain it with `dvc repro -f {stage}` or restore it with `dvc checkout {out['summary']}`",
+    )
+
+
+def scores(p, y, classes):
+    """(results, accuracy, loss) of softmax p (N, classes) against labels y (N,): results/<...>.json's
+    per-class accuracy, confusion matrix (rows: true class, columns: predicted) and every prediction."""
+    pred = p.argmax(1)
+    loss = float(-np.log(np.clip(p[np.arange(len(y)), y], 1e-12, 1)).mean())  # cross-entropy, nats
+    confusion = np.zeros((len(classes), len(classes)), np.int64)
+    np.add.at(confusion, (y, pred), 1)
+    per_class = confusion.diagonal() / np.maximum(confusion.sum(1), 1)
+    results = {
+        "classes": classes,
+        "per_class_accuracy": dict(zip(classes, per_class.tolist())),
+        "confusion": confusion.tolist(),
+        "labels": y.tolist(),
+        "predictions": pred.tolist(),
+    }
+    return results, float((pred == y).mean()), loss
+
+
 def main():
     entry, params = from_command_line(__doc__.splitlines()[0])
     out = entry.paths
     classes = read_classes(entry.dataset, params)
     x, y = load_split(entry.dataset, "test", len(classes))
-    stage = "train_exp" if entry.experiment else f"train@{entry.key}"
-    if not (out["summary"].is_file() and out["model"].is_file()):
-        raise UserError(f"{out['model']}: missing; train it first: dvc repro {stage}")
-    summary = read_json(
-        out["summary"],
-        SUMMARY_KEYS,
-        f"retrain it with `dvc repro -f {stage}` or restore it with `dvc checkout {out['summary']}`",
-    )
+    summary = training_summary(entry)
     p, seconds = predict(load_model(out["model"]), x.astype("float32"), params["evaluate"]["batch_size"])
-    pred = p.argmax(1)
-    loss = float(-np.log(np.clip(p[np.arange(len(y)), y], 1e-12, 1)).mean())
-    accuracy = float((pred == y).mean())
-    confusion = np.zeros((len(classes), len(classes)), np.int64)
-    np.add.at(confusion, (y, pred), 1)  # rows: true class, columns: predicted
-    per_class = confusion.diagonal() / np.maximum(confusion.sum(1), 1)
-    write_json(
-        out["results"],
-        {
-            "classes": classes,
-            "per_class_accuracy": dict(zip(classes, per_class.tolist())),
-            "confusion": confusion.tolist(),
-            "labels": y.tolist(),
-            "predictions": pred.tolist(),
-        },
-    )
+    results, accuracy, loss = scores(p, y, classes)
+    write_json(out["results"], results)
     write_json(
         out["metrics"],
         {
@@ -82,7 +93,7 @@ def main():
             "test_error": 1 - accuracy,
             "test_loss": loss,
             "test_images": len(y),
-            "worst_class_accuracy": float(per_class.min()),
+            "worst_class_accuracy": min(results["per_class_accuracy"].values()),
             "parameters": summary["parameters"],
             "epochs": summary["epochs_completed"],
             "train_seconds": summary["train_seconds"],

@@ -17,15 +17,15 @@ from ruamel.yaml import YAML, YAMLError
 from ruamel.yaml.events import AliasEvent
 
 from stages.cli import UserError, cli
+from stages.datasets import DATASETS, TRAIN_IMAGES, num_classes, official_split, split_error
+from stages.schedules import SCHEDULES
 
 PARAMS = Path("params.yaml")
 CHECKED = Path("data/params.ok")  # the check stage's output: every later stage runs after the check
-DATASETS = ("cifar10", "cifar100")
 BACKENDS = ("tensorflow", "jax")  # Keras backends that train and evaluate run on
 NAME = re.compile(r"[a-z][a-z0-9_]{0,31}")  # what may appear in a stage name, a path or a shell command
 SEED_MAX = 2**32 - 1  # NumPy's and Keras' seeds are 32-bit
 EVALUATE_BATCH_MAX = 1000  # images per inference batch: ~1.8 GB of activations at width 1
-TRAIN_IMAGES = 50_000  # in the training split of both CIFARs
 _SHORT = reprlib.Repr()  # keyword arguments only from Python 3.12
 _SHORT.maxstring = _SHORT.maxother = 160
 _SHORT.maxlist = _SHORT.maxdict = 6
@@ -180,7 +180,7 @@ SCHEMA = {
         "learning_rate": _num(0, 100, lo_open=True),
         "momentum": _num(0, 0.999),
         "weight_decay": _num(0, 1),
-        "lr_schedule": _one_of("step", "cosine", "constant"),
+        "lr_schedule": _one_of(*SCHEDULES),
         "lr_drops": _fractions,
         "lr_gamma": _num(0, 1, lo_open=True),
         "augment": _bool,
@@ -229,31 +229,11 @@ def validate(params):
     return errors
 
 
-def num_classes(params, dataset):
-    from stages.cifar import NUM_CLASSES  # lazily: the check needs it only for a split's arithmetic
-
-    return NUM_CLASSES[dataset, params["data"][dataset].get("labels", "fine")]
-
-
 def _split_error(params, dataset):
-    """train.validation is held out first (class-balanced), then train.limit takes a class-balanced subset of
-    the rest: at least one batch must remain (sizes of the official training split; the train stage checks
-    the data it has)."""
+    """The split-size check on the official training split (the train stage checks the data it has)."""
     t, n = params["train"], num_classes(params, dataset)
-    rest = (TRAIN_IMAGES // n - t["validation"] // n) * n
-    if t["limit"] is not None and (t["limit"] // n) * n < min(rest, t["batch_size"]):
-        return (
-            f"train.limit = {t['limit']}: gives {t['limit'] // n * n} training images of {dataset} (the "
-            f"subset is class-balanced: {t['limit'] // n} of each of {n} classes), fewer than one batch "
-            f"(train.batch_size = {t['batch_size']}); raise it to at least "
-            f"{-(-t['batch_size'] // n) * n}, or null for all images"
-        )
-    if rest < t["batch_size"]:
-        return (
-            f"train.validation = {t['validation']}: leaves {max(rest, 0)} of the {TRAIN_IMAGES} training "
-            f"images of {dataset}, fewer than one batch (train.batch_size = {t['batch_size']}); lower it"
-        )
-    return None
+    rest, train_images = official_split(n, t["validation"], t["limit"])
+    return split_error(dataset, t, n, TRAIN_IMAGES, rest, train_images)
 
 
 def parse(path=PARAMS):

@@ -8,35 +8,43 @@ curves). A killed run resumes at the next `dvc repro` from checkpoints/<...>/, i
 ends with the same weights on CPU (stages/checkpoint.py).
 """
 
+import functools
 import shutil
 import time
+from typing import NamedTuple
 
 import numpy as np
 
 from stages import backend, checkpoint
 from stages.cli import UserError, cli, on_interrupt
+from stages.datasets import split_error
 from stages.entry import PREPARED, balanced_split, from_command_line, grid_entries, load_split, read_classes
 from stages.outputs import atomic_path, write_json
-from stages.params import count
+from stages.params import PARAMS, count
+from stages.schedules import learning_rate
 
 
-def lr_schedule(t, steps, keras):
-    lr, total = float(t["learning_rate"]), steps * t["epochs"]  # Keras refuses a YAML integer (1)
-    if t["lr_schedule"] == "step":
-        bounds = [int(f * total) for f in t["lr_drops"]]
-        return (
-            keras.optimizers.schedules.PiecewiseConstantDecay(
-                bounds, [lr * t["lr_gamma"] ** i for i in range(len(bounds) + 1)]
-            )
-            if bounds
-            else lr
-        )
-    if t["lr_schedule"] == "cosine":
-        return keras.optimizers.schedules.CosineDecay(lr, total)
-    return lr
+class Split(NamedTuple):
+    """An entry's training images, split class-balanced: x (N, 32, 32, 3) uint8, y (N,) int64 labels."""
+
+    x_train: np.ndarray
+    y_train: np.ndarray
+    x_val: np.ndarray  # held out first (train.validation), the same for every variant and seed
+    y_val: np.ndarray
 
 
-def build_model(entry, params, num_classes, x_train, steps, scope):
+def load_data(dataset, t, classes):
+    """The prepared training split of dataset as a Split: train.validation held out, then train.limit's
+    subset of the rest; refused in one line when not even one batch of training images is left."""
+    x, y = load_split(dataset, "train", classes)
+    tr, va = balanced_split(y, classes, t["validation"], t["limit"])
+    problem = split_error(dataset, t, classes, images=len(y), rest=len(y) - len(va), train_images=len(tr))
+    if problem:
+        raise UserError(f"{PARAMS}: {problem}")
+    return Split(x[tr], y[tr], x[va], y[va])
+
+
+def build_model(*, entry, params, classes, x_train, steps, scope):
     """ALL-CNN-C compiled for training, its optimizer built (its variables must exist to be restored).
     Seeded here, so that every call gives the same initial weights."""
     import keras
@@ -47,8 +55,8 @@ def build_model(entry, params, num_classes, x_train, steps, scope):
     mean, var = x_train.mean(axis=(0, 1, 2)), x_train.var(axis=(0, 1, 2))  # per channel, training images only
     keras.utils.set_random_seed(entry.seed)
     with scope:
-        model = make_net(num_classes, entry.activation, entry.batch_norm, m, t["weight_decay"], mean, var)
-        lr = lr_schedule(t, steps, keras)
+        model = make_net(classes, entry.activation, entry.batch_norm, m, t["weight_decay"], mean, var)
+        lr = learning_rate(t, steps, keras)
         opt = (
             keras.optimizers.SGD(lr, momentum=float(t["momentum"]))
             if t["optimizer"] == "sgd"
@@ -59,7 +67,7 @@ def build_model(entry, params, num_classes, x_train, steps, scope):
     return model
 
 
-def fingerprint(entry, params, precision, stage):
+def fingerprint(entry, params, precision):
     """Everything that shapes the weights; a checkpoint is resumed only under the same fingerprint."""
     t = {k: v for k, v in params["train"].items() if k != "seed"}
     return {
@@ -71,23 +79,8 @@ def fingerprint(entry, params, precision, stage):
         "batch_norm": entry.batch_norm,
         "precision": precision,
         "data_sha256": checkpoint.sha256(PREPARED / entry.dataset / "train.npz"),
-        "code_sha256": checkpoint.code_digest(stage),
+        "code_sha256": checkpoint.code_digest("train_exp" if entry.experiment else "train"),
     }
-
-
-def too_few_images(t, n_train, n_all, n_classes, dataset):
-    """Why no batch is left: train.validation is held out first, then train.limit takes from the rest."""
-    if t["limit"] is not None and n_train == t["limit"] // n_classes * n_classes:
-        return (
-            f"params.yaml: train.limit = {t['limit']}: gives {n_train} training images of {dataset} "
-            f"(the subset is class-balanced: {t['limit'] // n_classes} of each of {n_classes} classes), "
-            f"fewer than train.batch_size = {t['batch_size']}; raise train.limit or lower train.batch_size"
-        )
-    return (
-        f"params.yaml: train.validation = {t['validation']}: leaves {n_train} of the {n_all} training "
-        f"images of {dataset}, fewer than train.batch_size = {t['batch_size']}; lower train.validation or "
-        f"train.batch_size"
-    )
 
 
 def interrupted_note(ckpt_dir, epochs):
@@ -105,28 +98,74 @@ def queued(entry, params):
     return sum(not e.paths["model"].exists() for e in grid_entries(params) if e != entry)
 
 
-def fit(model, per_epoch, data, t, start, seed, val_batch):
-    """Trains epochs start+1..t["epochs"]; data = (x_train, y_train, x_val, y_val)."""
+def recorder(entry, params, data, history, steps, on_gpu):
+    """The per-epoch callback (stages/each_epoch.py), its dvclive curves holding the epochs already done."""
+    from dvclive import Live
+
+    from stages import each_epoch
+
+    live = Live(str(entry.paths["live"]), save_dvc_exp=False, dvcyaml=None, report=None)
+    for logs in history:  # a resumed run's curves start with the epochs already done
+        each_epoch.log_epoch(live, logs)
+    return each_epoch.EachEpoch(
+        history=history,
+        live=live,
+        ckpt_dir=entry.paths["ckpt"],
+        probe_x=data.x_train[: params["train"]["probe_images"]].astype("float32"),
+        epochs=params["train"]["epochs"],
+        steps=steps,
+        queued=queued(entry, params),
+        on_gpu=on_gpu,
+    )
+
+
+def about(entry, params, data, session):
+    """What is trained, on what: 'elu+bn, seed 0, 45000 train / 5000 validation images, width 1, ...'."""
+    t, start = params["train"], session["resumed_from_epoch"] or 0
+    return (
+        f"{entry.label}, seed {entry.seed}, {len(data.y_train)} train / {len(data.y_val)} validation images, "
+        f"width {params['model']['width']:g}, {session['precision']}, {t['backend']} on "
+        f"{session['device']}, epochs {start + 1}..{t['epochs']}"
+    )
+
+
+def fit(model, per_epoch, data, params, start, seed):
+    """Trains epochs start+1..train.epochs; prints each epoch, stops at a non-finite loss (per_epoch)."""
     from stages.pipeline import batches
 
-    x_tr, y_tr, x_va, y_va = data
+    t = params["train"]
     model.fit(
-        batches(x_tr, y_tr, t["batch_size"], seed, t["augment"], start),
+        batches(data.x_train, data.y_train, t["batch_size"], seed, t["augment"], start),
         epochs=t["epochs"],
         initial_epoch=start,
-        steps_per_epoch=len(y_tr) // t["batch_size"],
-        validation_data=(x_va.astype("float32"), y_va) if len(y_va) else None,
-        validation_batch_size=val_batch,
+        steps_per_epoch=len(data.y_train) // t["batch_size"],
+        validation_data=(data.x_val.astype("float32"), data.y_val) if len(data.y_val) else None,
+        # inference only, it does not shape the weights: in evaluate.batch_size batches
+        validation_batch_size=params["evaluate"]["batch_size"],
         callbacks=[per_epoch],
         shuffle=False,
         verbose=0,
-    )  # prints each epoch, stops at a non-finite loss
+    )
 
 
-def summary(entry, t, per_epoch, data, precision, device, start, seconds):
+def last_finite(model, per_epoch, build, ckpt_dir):
+    """The model to save: the trained one, or after a divergence the last finite epoch's weights."""
+    if not per_epoch.diverged_epoch:
+        return model
+    print(f"warning: loss diverged in epoch {per_epoch.diverged_epoch}; keeping the last finite weights")
+    model = build()  # the model as initialised if epoch 1 diverged
+    if per_epoch.history:  # the last finite epoch was checkpointed (or resumed from): intact
+        model.load_weights(checkpoint.weights(ckpt_dir, len(per_epoch.history)))
+    return model
+
+
+def summary(entry, t, per_epoch, data, session):
+    """How training went: models/<...>.json. session: precision, device, resumed_from_epoch and
+    session_seconds, this process's."""
     import keras
 
     spent = [h["seconds"] for h in per_epoch.history]
+    trained = len(data.y_train) // t["batch_size"] * t["batch_size"]  # images per epoch: whole batches
     return {
         "dataset": entry.dataset,
         "activation": entry.activation,
@@ -136,84 +175,52 @@ def summary(entry, t, per_epoch, data, precision, device, start, seconds):
         "epochs_completed": len(per_epoch.history),
         "diverged": bool(per_epoch.diverged_epoch),
         "diverged_epoch": per_epoch.diverged_epoch,
-        "train_images": int(len(data[1])),
-        "validation_images": int(len(data[3])),
+        "train_images": int(len(data.y_train)),
+        "validation_images": int(len(data.y_val)),
         "batch_size": t["batch_size"],
         "backend": keras.backend.backend(),
-        "precision": precision,
-        "device": device,
         "parameters": int(per_epoch.model.count_params()),
         "train_seconds": float(sum(spent)),
         "seconds_per_epoch": float(np.mean(spent)) if spent else None,
         # training speed: epochs after the first when there are some (the first one includes compilation)
-        "images_per_second": len(data[1])
-        // t["batch_size"]
-        * t["batch_size"]
-        / float(np.median(spent[1:] or spent))
-        if spent
-        else None,
-        "resumed_from_epoch": start or None,
-        "session_seconds": seconds,
+        "images_per_second": trained / float(np.median(spent[1:] or spent)) if spent else None,
+        **session,
     }
 
 
 def main():
     entry, params = from_command_line(__doc__.splitlines()[0])
     out, t = entry.paths, params["train"]
-    classes = read_classes(entry.dataset, params)
-    x, y = load_split(entry.dataset, "train", len(classes))
-    tr, va = balanced_split(y, len(classes), t["validation"], t["limit"])
-    data = (x[tr], y[tr], x[va], y[va])
-    steps = len(tr) // t["batch_size"]
-    if steps == 0:
-        raise UserError(too_few_images(t, len(tr), len(y), len(classes), entry.dataset))
+    classes = len(read_classes(entry.dataset, params))
+    data = load_data(entry.dataset, t, classes)
+    steps = len(data.y_train) // t["batch_size"]  # per epoch: the last partial batch is left out
     precision, device, scope = backend.configure(t["precision"], entry.seed)
-    from dvclive import Live
-
-    from stages import each_epoch
-
-    build = lambda: build_model(entry, params, len(classes), data[0], steps, scope)  # noqa: E731
-    stage = "train_exp" if entry.experiment else "train"
+    build = functools.partial(
+        build_model,
+        entry=entry,
+        params=params,
+        classes=classes,
+        x_train=data.x_train,
+        steps=steps,
+        scope=scope,
+    )
     model, start, history = checkpoint.resume(
-        out["ckpt"], fingerprint(entry, params, precision, stage), build, steps
+        out["ckpt"], fingerprint(entry, params, precision), build, steps
     )
-    live = Live(str(out["live"]), save_dvc_exp=False, dvcyaml=None, report=None)
-    for logs in history:  # a resumed run's curves start with the epochs already done
-        each_epoch.log_epoch(live, logs)
-    per_epoch = each_epoch.EachEpoch(
-        history,
-        live,
-        out["ckpt"],
-        data[0][: params["train"]["probe_images"]].astype("float32"),
-        t["epochs"],
-        steps,
-        queued(entry, params),
-        device != "cpu",
-    )
+    session = {"precision": precision, "device": device, "resumed_from_epoch": start or None}
+    per_epoch = recorder(entry, params, data, history, steps, on_gpu=device != "cpu")
     per_epoch.set_model(model)
     on_interrupt(lambda: interrupted_note(out["ckpt"], t["epochs"]))
     t0 = time.perf_counter()
     if start < t["epochs"]:
-        print(
-            f"training {out['model']}: {entry.label}, seed {entry.seed}, {len(tr)} train / {len(va)} "
-            f"validation images, width {params['model']['width']:g}, {precision}, "
-            f"{params['train']['backend']} on {device}, "
-            f"epochs {start + 1}..{t['epochs']}",
-            flush=True,
-        )
-        # the validation pass in evaluate.batch_size batches: inference only, it does not shape the weights
-        fit(model, per_epoch, data, t, start, entry.seed, params["evaluate"]["batch_size"])
-    live.end()
-    if per_epoch.diverged_epoch:
-        print(f"warning: loss diverged in epoch {per_epoch.diverged_epoch}; keeping the last finite weights")
-        model = build()  # the model as initialised if epoch 1 diverged
-        if per_epoch.history:  # the last finite epoch was checkpointed (or resumed from): intact
-            model.load_weights(checkpoint.weights(out["ckpt"], len(per_epoch.history)))
+        print(f"training {out['model']}: {about(entry, params, data, session)}", flush=True)
+        fit(model, per_epoch, data, params, start, entry.seed)
+    per_epoch.live.end()
+    model = last_finite(model, per_epoch, build, out["ckpt"])
     with atomic_path(out["model"]) as tmp:
         model.save(tmp, include_optimizer=False)
-    write_json(
-        out["summary"], summary(entry, t, per_epoch, data, precision, device, start, time.perf_counter() - t0)
-    )
+    session["session_seconds"] = time.perf_counter() - t0
+    write_json(out["summary"], summary(entry, t, per_epoch, data, session))
     shutil.rmtree(out["ckpt"])  # done: the model is saved, the checkpoint is no longer needed
     done = per_epoch.history
     print(f"saved {out['model']} ({count(len(done), 'epoch')}, {sum(h['seconds'] for h in done):.0f} s)")

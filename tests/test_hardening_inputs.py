@@ -290,7 +290,7 @@ def test_stage_names_the_parameter_that_leaves_no_batch(project):
         err
         == [
             "error: params.yaml: train.validation = 190: leaves 10 of the 200 training images of cifar10, "
-            "fewer than train.batch_size = 32; lower train.validation or train.batch_size"
+            "fewer than one batch (train.batch_size = 32); lower it"
         ]
         and status == 2
     )

@@ -274,28 +274,6 @@ def test_unreadable_or_wrong_shaped_file_is_one_line(tmp_path, text, expected):
     assert str(e.value).startswith(f"{path}: {expected}") and "\n" not in str(e.value)
 
 
-def test_integer_learning_rate_and_momentum_build_the_optimizer():
-    """YAML reads `learning_rate: 1` and `momentum: 0` as integers; validate() accepts them, so must training
-    (Keras refuses integers for both). Regression: a constant-schedule run used to crash with a traceback."""
-    import keras
-
-    from stages.train import lr_schedule
-
-    for schedule, drops in (("constant", []), ("step", []), ("step", [0.5]), ("cosine", [])):
-        t = changed(
-            "train.momentum",
-            0,
-            changed(
-                "train.learning_rate",
-                1,
-                changed("train.lr_schedule", schedule, changed("train.lr_drops", drops)),
-            ),
-        )["train"]
-        assert validate(changed("train", t)) == []
-        keras.optimizers.SGD(lr_schedule(t, 10, keras), momentum=float(t["momentum"]))
-        keras.optimizers.Adam(lr_schedule(t, 10, keras))
-
-
 # --- as a user runs it --------------------------------------------------------------------------------------
 
 

@@ -362,26 +362,3 @@ def test_bias_shift_statistics_agree_in_bf16_and_float32(prepared, tmp_path):
             name,
             means,
         )
-
-
-@pytest.mark.parametrize(
-    "on_gpu, step_seconds, pointer", [(False, 0.6, True), (False, 0.01, False), (True, 0.6, False)]
-)
-def test_expected_time_points_cpu_users_to_the_cpu_recipe_only_when_it_is_long(
-    capsys, on_gpu, step_seconds, pointer
-):
-    """0.6 s a step of 128 images: width 1.0 on a CPU (150 epochs of 351 steps, 8 more models: days)."""
-    from stages.each_epoch import EachEpoch
-
-    r = EachEpoch([], None, None, None, epochs=150, steps=351, queued=7, on_gpu=on_gpu)
-    r.first_epoch, r.step_seconds = 0, step_seconds
-    r.say_expected_time()
-    out = capsys.readouterr().out
-    if step_seconds == 0.6:
-        assert out.startswith(
-            "expected: 4 min per epoch, 8 h 46 min for this model, about 70 h 12 min with the "
-            "grid's other 7 models not trained yet"
-        )
-    from stages.recipes import command
-
-    assert (command("cpu-study") in out) == pointer
