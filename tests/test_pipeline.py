@@ -1,118 +1,70 @@
-"""The users' workflow end to end, in a temporary git+DVC repo on the tests' own tiny archive:
-repro -> metrics show -> no-op repro -> exp run -S -> metrics diff -> exp show -> plots diff -> queued
-sweep."""
+"""stages/pipeline.py in-process: the training batches are a pure function of (seed, epoch), each epoch shows
+every image at most once (the last partial batch dropped), and augmentation is a mirror and a shift of at most
+SHIFT pixels of the image itself, nothing else."""
 
-import json
+import itertools
 
+import numpy as np
 import pytest
 
-from tests.conftest import dvc, git
+from stages.pipeline import SHIFT, batches, epoch_plan
 
-pytestmark = pytest.mark.e2e  # trains and runs DVC: the whole module is outside the fast tier
-
-ENTRIES = ["cifar10-relu-False-0", "cifar10-elu-False-0"]  # the TINY grid
+N, B = 10, 4  # images, batch size: 2 full batches per epoch, 2 images dropped
 
 
-@pytest.fixture(scope="module")
-def study(tmp_path_factory, cifar10_archive):
-    from tests.conftest import make_project
-
-    repo = make_project(tmp_path_factory.mktemp("study") / "repo", cifar10_archive)
-    out = dvc("repro", cwd=repo).stdout
-    git("add", "-A", cwd=repo)
-    git("commit", "-qm", "baseline study", cwd=repo)
-    return repo, out
+def images():
+    """(N, 32, 32, 3) images whose every pixel says where it is: image i, row r, column c, channel k."""
+    i, r, c, k = np.meshgrid(np.arange(N), np.arange(32), np.arange(32), np.arange(3), indexing="ij")
+    return (i * 1_000_000 + r * 10_000 + c * 100 + k + 1).astype(np.float64), np.arange(N) * 7
 
 
-def test_repro_trains_every_entry_and_reports(study):
-    repo, out = study
-    for e in ENTRIES:
-        assert f"training models/grid/{e}.keras" in out
-        m = json.loads((repo / f"metrics/grid/{e}.json").read_text())
-        assert 0 <= m["test_error"] <= 1 and m["test_accuracy"] == pytest.approx(1 - m["test_error"])
-        assert m["epochs"] == 2 and m["diverged"] is False and m["parameters"] > 0
-        per_class = json.loads((repo / f"results/grid/{e}.json").read_text())["per_class_accuracy"]
-        assert len(per_class) == 10
-    summary = json.loads((repo / "metrics/summary.json").read_text())["cifar10"]
-    ranking = sorted(summary["variants"], key=lambda v: summary["variants"][v]["rank"])
-    assert sorted(ranking) == ["elu", "relu"]
-    errors = [summary["variants"][v]["test_error_mean"] for v in ranking]
-    assert errors == sorted(errors)  # ranked best first
-    assert summary["paired_tests"] == {}  # one seed: nothing to pair
-    report = (repo / "reports/report.md").read_text()
-    assert "| 1 |" in report and "Ranking:" in report
-    for png in ("curves", "test_error", "bias_shift"):
-        assert (repo / f"plots/grid/cifar10_{png}.png").stat().st_size > 10_000
-    curves = (repo / "plots/curves/cifar10.tsv").read_text().splitlines()
-    assert curves[0].split("\t")[:1] == ["epoch"] and len(curves) == 1 + 2 * len(ENTRIES)  # 2 epochs each
+def take(seed, augment, first_epoch=0, epochs=2):
+    x, y = images()
+    return list(itertools.islice(batches(x, y, B, seed, augment, first_epoch), epochs * (N // B)))
 
 
-def test_metrics_show_lists_every_variant(study):
-    repo, _ = study
-    shown = json.loads(dvc("metrics", "show", "--json", cwd=repo).stdout)
-    files = next(iter(shown.values()))["data"]
-    for e in ENTRIES:
-        assert files[f"metrics/grid/{e}.json"]["data"]["test_accuracy"] >= 0
-    assert "metrics/experiment.json" in files
-    assert "metrics/summary.json" not in files  # its nested ranking would widen every row; shown on request:
-    summary = json.loads(dvc("metrics", "show", "--json", "metrics/summary.json", cwd=repo).stdout)
-    assert next(iter(summary.values()))["data"]["metrics/summary.json"]["data"]["cifar10"]["variants"]["elu"][
-        "rank"
-    ]
+@pytest.mark.parametrize("augment", [False, True])
+def test_batches_depend_on_seed_and_epoch_alone(augment):
+    a, b = take(0, augment), take(0, augment)
+    assert all(np.array_equal(xa, xb) and np.array_equal(ya, yb) for (xa, ya), (xb, yb) in zip(a, b))
+    resumed = take(0, augment, first_epoch=1, epochs=1)  # a run resumed at epoch 1 sees epoch 1's batches
+    assert all(np.array_equal(x, xr) for (x, _), (xr, _) in zip(a[N // B :], resumed))
+    other_seed = take(1, augment)
+    assert any(not np.array_equal(ya, yb) for (_, ya), (_, yb) in zip(a, other_seed))
+    assert [len(y) for _, y in a] == [B] * 4 and {x.shape for x, _ in a} == {(B, 32, 32, 3)}
+    assert {x.dtype for x, _ in a} == {np.dtype("float32")}
 
 
-def test_second_repro_does_nothing(study):
-    repo, _ = study
-    out = dvc(
-        "repro", cwd=repo
-    ).stdout  # only source@ runs (always_changed: it stamps the archive), unchanged
-    assert [line for line in out.splitlines() if line.startswith("Running stage")] == [
-        "Running stage 'source@cifar10':"
-    ]
-    assert "training" not in out and "Running stage 'prepare" not in out
+def test_an_epoch_shows_each_image_at_most_once_with_its_own_label():
+    x, y = images()
+    for epoch in take(3, augment=False, epochs=2)[:2], take(3, augment=False, epochs=2)[2:]:
+        labels = np.concatenate([yb for _, yb in epoch])
+        assert len(labels) == N // B * B and len(set(labels.tolist())) == len(labels)
+        for xb, yb in epoch:
+            assert np.array_equal(xb, x[yb // 7])  # no augmentation: the images themselves, in float32
 
 
-def test_experiment_workflow(study, tmp_path):
-    repo, _ = study
-    before = json.loads((repo / "metrics/experiment.json").read_text())
-    out = dvc("exp", "run", "-n", "prelu-exp", "-S", "activation=prelu", cwd=repo).stdout
-    assert "training models/experiment.keras" in out  # the experiment's own model, and nothing else
-    assert "training models/grid" not in out
-    after = json.loads((repo / "metrics/experiment.json").read_text())
-    assert after != before
+def test_augmentation_is_a_mirror_and_a_shift_of_the_same_image():
+    x, _ = images()
+    order, flip, offset = epoch_plan(N, seed=5, epoch=0, augment=True)
+    assert sorted(order) == list(range(N)) and offset.min() >= 0 and offset.max() <= 2 * SHIFT
+    for xb, yb in take(5, augment=True, epochs=1):
+        for img, label in zip(xb, yb):
+            i = label // 7
+            pos = int(np.flatnonzero(order == i)[0])
+            dy, dx = offset[pos] - SHIFT  # where the crop starts, relative to the image
+            rows, cols = np.arange(32) + dy, np.arange(32) + dx
+            if flip[pos]:
+                cols = cols[::-1]
+            inside = ((rows >= 0) & (rows < 32))[:, None] & ((cols >= 0) & (cols < 32))[None, :]
+            expected = x[i][np.clip(rows, 0, 31)[:, None], np.clip(cols, 0, 31)[None, :]]
+            assert np.array_equal(img[inside], expected[inside].astype(np.float32))
+            assert not img[~inside].any()  # the padding is zeros
+    assert flip.any() and not flip.all()  # both kinds occur among 10 images with seed 5
 
-    diff = json.loads(dvc("metrics", "diff", "--json", cwd=repo).stdout)
-    change = diff["metrics/experiment.json"]
-    assert change["parameters"]["new"] > change["parameters"]["old"]  # prelu adds one slope per channel
-    assert not any(k.startswith("metrics/grid") for k in diff)
 
-    table = json.loads(dvc("exp", "show", "--json", cwd=repo).stdout)
-    names = [e.get("name") for row in table for e in row.get("experiments") or []]
-    assert "prelu-exp" in names
-
-    html = tmp_path / "plots"
-    dvc("plots", "diff", "HEAD", "-o", str(html), cwd=repo)
-    page = (html / "index.html").read_text()
-    assert "vega" in page and "relu" in page and "elu" in page
-
-    # a queued sweep runs both values in the background workers
-    git("checkout", "--", ".", cwd=repo)
-    dvc("exp", "run", "--queue", "-S", "activation=relu,elu", cwd=repo)
-    dvc("queue", "start", cwd=repo)
-    dvc("queue", "status", cwd=repo)
-    import time
-
-    for _ in range(180):
-        status = dvc("queue", "status", cwd=repo).stdout
-        if "Queued" not in status and "Running" not in status:
-            break
-        time.sleep(5)
-    assert status.count("Success") == 2, status
-    table = json.loads(dvc("exp", "show", "--json", cwd=repo).stdout)
-    params = [
-        e["data"]["params"]["params.yaml"]["data"]["activation"]
-        for row in table
-        for exp in row.get("experiments") or []
-        for e in exp["revs"]
-    ]
-    assert {"relu", "elu", "prelu"} <= set(params)
+def test_an_error_while_making_a_batch_is_raised_where_the_batch_was_expected():
+    x, y = images()
+    gen = batches(x[:, :16], y, B, seed=0, augment=True)  # 16-pixel rows: the 32-pixel crop cannot be taken
+    with pytest.raises(IndexError):
+        next(gen)
