@@ -5,6 +5,7 @@ What an edit of each module reruns in a finished study is tested in tests/test_w
 
 import ast
 import re
+import subprocess
 import sys
 
 import yaml
@@ -103,3 +104,24 @@ def test_no_stages_function_is_over_40_lines(tmp_path):
     (tmp_path / "stages").mkdir()  # the check can fail: a function of 41 lines
     (tmp_path / "stages/x.py").write_text("def f():\n" + "    pass\n" * 40)
     assert long_functions(tmp_path) == ["stages/x.py:f (41)"]
+
+
+def ruff(*args, cwd=ROOT):
+    """`python -m ruff ARGS` in cwd, with the project's pyproject.toml: (exit status, its output)."""
+    p = subprocess.run([sys.executable, "-m", "ruff", *args], cwd=cwd, capture_output=True, text=True)
+    return p.returncode, p.stdout + p.stderr
+
+
+def test_ruff_finds_nothing_to_lint_or_format():
+    for args in (["check", "."], ["format", "--check", "."]):
+        status, out = ruff(*args)
+        assert status == 0, f"ruff {' '.join(args)}:\n{out[-3000:]}"
+
+
+def test_ruff_finds_a_long_line_and_unformatted_code(tmp_path):
+    (tmp_path / "pyproject.toml").write_text((ROOT / "pyproject.toml").read_text())
+    (tmp_path / "x.py").write_text(f"x = 1\n# {'a' * 110}\n")  # a 112-character comment
+    status, out = ruff("check", ".", "--output-format", "concise", cwd=tmp_path)
+    assert status == 1 and out.startswith("x.py:2:111: E501 Line too long (112 > 110)")
+    (tmp_path / "x.py").write_text("x = {'a':1}\n")
+    assert ruff("format", "--check", ".", cwd=tmp_path)[0] == 1

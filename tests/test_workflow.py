@@ -1,8 +1,9 @@
 """The users' workflow end to end, in a temporary git+DVC repo on the tests' own tiny archive:
 repro -> metrics show -> no-op repro -> exp run -S -> metrics diff -> exp show -> plots diff -> queued
-sweep."""
+sweep; and, in copies of the finished study, what an edit of each stages/ module makes `dvc repro` rerun."""
 
 import json
+import shutil
 
 import pytest
 
@@ -13,6 +14,11 @@ pytestmark = pytest.mark.e2e  # trains and runs DVC: the whole module is outside
 ENTRIES = ["cifar10-relu-False-0", "cifar10-elu-False-0"]  # the TINY grid
 
 
+def dvc_tmp(folder, names):
+    """DVC's lock and state files (.dvc/tmp): left out of a copy, which DVC then hashes afresh."""
+    return ["tmp"] if folder.endswith("/.dvc") else []
+
+
 @pytest.fixture(scope="module")
 def study(tmp_path_factory, cifar10_archive):
     from tests.conftest import make_project
@@ -21,6 +27,8 @@ def study(tmp_path_factory, cifar10_archive):
     out = dvc("repro", cwd=repo).stdout
     git("add", "-A", cwd=repo)
     git("commit", "-qm", "baseline study", cwd=repo)
+    # kept as it is now, before any test here changes the study: the edit tests copy it
+    shutil.copytree(repo, repo.parent / "finished", symlinks=True, ignore=dvc_tmp)
     return repo, out
 
 
@@ -116,3 +124,67 @@ def test_experiment_workflow(study, tmp_path):
         for e in exp["revs"]
     ]
     assert {"relu", "elu", "prelu"} <= set(params)
+
+
+# What an edit of each stages/ module reruns: the stages `dvc status` reports changed (grid stages by their
+# name before the @; source@ is left out: it reruns on every `dvc repro`, and its stamp then stays the same).
+# docs/architecture.md prints this table. check, prepare, train, evaluate and report rerun only when an
+# edit can change their output: an edit to the archive reader, the recipes or the report retrains nothing.
+CHECK = {"check", "source"}
+TRAIN = {"train", "train_exp", "evaluate", "evaluate_exp"}
+RERUNS = {
+    "cli": {*CHECK, "prepare", *TRAIN, "report"},
+    "outputs": {*CHECK, "prepare", *TRAIN, "report"},
+    "params": {*CHECK, "prepare", *TRAIN, "report"},
+    "backend": {*CHECK, "prepare", *TRAIN, "report"},
+    "model": {*CHECK, "prepare", *TRAIN, "report"},
+    "datasets": {*CHECK, "prepare", *TRAIN, "report"},
+    "schedules": {*CHECK, "prepare", *TRAIN, "report"},
+    "entry": {"prepare", *TRAIN, "report"},
+    "cifar": {"prepare"},
+    "prepare": {"prepare"},
+    "source": {"source"},
+    "train": {"train", "train_exp"},
+    "checkpoint": {"train", "train_exp"},
+    "each_epoch": {"train", "train_exp"},
+    "pipeline": {"train", "train_exp"},
+    "evaluate": {"evaluate", "evaluate_exp"},
+    "report": {"report"},
+    "recipes": set(),
+    "__init__": set(),  # every stage runs it, yet it only quiets TensorFlow's start-up lines
+}
+
+
+def changed_stages(repo, module):
+    """{stage kind: the stage names} that `dvc status` reports changed by an edit of stages/<module>.py: DVC's
+    own status, what `dvc status --json` prints, called in-process (a `dvc` process takes ~1 s to start)."""
+    from dvc.repo import Repo
+
+    path = repo / f"stages/{module}.py"
+    path.write_text(path.read_text() + "# an edit\n")
+    with Repo(str(repo)) as dvc_repo:
+        status = dvc_repo.status()
+    by_kind = {}
+    for stage, why in status.items():
+        if stage.startswith("source@") and why == ["always changed"]:
+            continue  # reported on every call (always_changed), edit or not
+        by_kind.setdefault(stage.split("@")[0], set()).add(stage)
+    return by_kind
+
+
+def test_every_stages_module_is_in_the_table():
+    from tests.conftest import ROOT
+
+    assert set(RERUNS) == {p.stem for p in (ROOT / "stages").glob("*.py")}
+
+
+@pytest.mark.parametrize("module", sorted(RERUNS))
+def test_an_edit_reruns_what_it_can_change_and_nothing_else(study, tmp_path, module):
+    """In a copy of the finished study, stages/<module>.py edited: `dvc status` names the stages of RERUNS,
+    every entry of a grid stage alike (cifar, recipes, report, prepare: no train@ changed)."""
+    repo, _ = study
+    copy = shutil.copytree(repo.parent / "finished", tmp_path / "repo", symlinks=True, ignore=dvc_tmp)
+    by_kind = changed_stages(copy, module)
+    assert set(by_kind) == RERUNS[module]
+    for kind in {"train", "evaluate"} & set(by_kind):
+        assert by_kind[kind] == {f"{kind}@{e}" for e in ENTRIES}
