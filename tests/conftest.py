@@ -9,6 +9,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import pytest
@@ -139,3 +140,17 @@ def pytest_collection_modifyitems(items):
     workers in this order, so the long ones start at once and the fast ones fill the gaps at the end."""
     e2e = collections.Counter(item.module.__name__ for item in items if item.get_closest_marker("e2e"))
     items.sort(key=lambda item: -e2e[item.module.__name__])  # stable: each module's own order is kept
+
+
+def run_stage(repo, module, *args, env=None, timeout=120):
+    """(exit status, stderr lines, seconds) of `python -m stages.<module>` in repo."""
+    t0 = time.monotonic()
+    p = subprocess.run(
+        [sys.executable, "-m", f"stages.{module}", *args],
+        cwd=repo,
+        env=env or ENV,
+        text=True,
+        capture_output=True,
+        timeout=timeout,
+    )
+    return p.returncode, [line for line in p.stderr.splitlines() if line.strip()], time.monotonic() - t0

@@ -1,6 +1,6 @@
 """A GPU owner's install: requirements-gpu.txt pins what requirements.txt pins, plus the CUDA wheels, and
-resolves (`pip install --dry-run`, where the package registry answers); and where nvidia-smi lists a GPU that
-Keras' backend does not see, the train stage says so in one line with that fix."""
+resolves (`pip install --dry-run`, where the package registry answers). Where nvidia-smi lists a GPU that
+Keras' backend does not see, the train stage says so in one line with that fix: tests/test_backend.py."""
 
 import json
 import re
@@ -9,14 +9,9 @@ import sys
 
 import pytest
 
-from stages.backend import parse_nvidia_smi, unused_gpu_warning
 from tests.conftest import ROOT
 
 PIN = re.compile(r"^([A-Za-z0-9_.-]+)(?:\[([a-z0-9_,-]+)\])?==([^\s;#]+)", re.MULTILINE)
-H100 = (
-    "GPU 0: NVIDIA H100 80GB HBM3 (UUID: GPU-3c1a3e55-7a2b-8f5e-2a4c-5e0d2f1b9c77)\n"
-    "GPU 1: NVIDIA H100 80GB HBM3 (UUID: GPU-9b0e6d1f-1c2d-4e5f-8a9b-0c1d2e3f4a5b)\n"
-)
 
 
 def pins(path):
@@ -80,27 +75,3 @@ def test_gpu_requirements_resolve(tmp_path):
         got["tensorflow"] == cpu["tensorflow"][1] and got["jax"] == got["jax-cuda12-plugin"] == cpu["jax"][1]
     )
     assert {"nvidia-cudnn-cu12", "nvidia-cublas-cu12", "jax-cuda12-pjrt"} <= set(got)
-
-
-def test_nvidia_smi_listing_is_read():
-    assert parse_nvidia_smi(H100) == ["NVIDIA H100 80GB HBM3"] * 2
-    assert parse_nvidia_smi("GPU 0: NVIDIA H200\n") == ["NVIDIA H200"]
-    assert (
-        parse_nvidia_smi("") == []
-        and parse_nvidia_smi(
-            "NVIDIA-SMI has failed because it couldn't communicate with the NVIDIA driver.\n"
-        )
-        == []
-    )
-
-
-def test_a_gpu_the_backend_does_not_see_is_one_line_with_the_fix():
-    line = unused_gpu_warning(parse_nvidia_smi(H100), [], "jax")
-    assert line.count("\n") == 0 and line.startswith(
-        "warning: nvidia-smi lists NVIDIA H100 80GB HBM3 and 1 more"
-    )
-    assert "jax backend sees no GPU" in line and "pip install -r requirements-gpu.txt" in line
-    assert unused_gpu_warning(parse_nvidia_smi(H100), [("NVIDIA H100 80GB HBM3", "9.0")], "jax") is None
-    assert unused_gpu_warning([], [], "tensorflow") is None  # no GPU: nothing to say
-    assert unused_gpu_warning(["NVIDIA H100"], [], "tensorflow", visible="") is None  # hidden on purpose
-    assert unused_gpu_warning(["NVIDIA H100"], [], "tensorflow", visible="-1") is None

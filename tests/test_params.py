@@ -7,12 +7,14 @@ import copy
 import shutil
 import subprocess
 import sys
+import time
+from pathlib import Path
 
 import pytest
 import yaml
 
 from stages.params import UserError, load, validate
-from tests.conftest import ENV, ROOT, TINY, dvc, make_project, merge, set_params
+from tests.conftest import ENV, ROOT, TINY, dvc, make_project, merge, run_stage, set_params
 
 BASE = merge(yaml.safe_load((ROOT / "params.yaml").read_text()), copy.deepcopy(TINY))
 SHELL = [
@@ -379,3 +381,111 @@ def test_dvc_repro_stops_at_the_check_before_any_shell_download_or_training(tmp_
     p = dvc("repro", cwd=repo, check=False)
     assert p.returncode != 0 and "Running stage" not in p.stdout
     nothing_ran(p.stdout)
+
+
+PEAK_MB = "next(int(l.split()[1]) for l in open('/proc/self/status') if l.startswith('VmHWM:')) // 1024"
+
+
+# --- a YAML alias bomb in params.yaml -----------------------------------------------------------------------
+
+BOMB = "".join(
+    f"{k}: &{k} [{', '.join([f'*{p}'] * 9) if p else ', '.join(['x'] * 9)}]\n"
+    for p, k in zip(["", *"abcdefgh"], "abcdefghi")
+)
+
+
+@pytest.mark.parametrize("where", ["unknown key", "real key"])
+def test_alias_bomb_is_refused_before_anything_expands_it(tmp_path, where):
+    """Nine levels of nine aliases: 387 M values. Was: the check grew past 1.3 GB (repr() of the
+    expansion)."""
+    text = (
+        (ROOT / "params.yaml").read_text() + BOMB
+        if where == "unknown key"
+        else (ROOT / "params.yaml").read_text().replace("seed: [0]", "seed: *i") + BOMB
+    )
+    path = tmp_path / "params.yaml"
+    path.write_text(text)
+    code = (
+        "from stages.params import load\nimport sys\n"
+        "try: load(sys.argv[1])\nexcept Exception as e: print(e)\n"
+        f"print({PEAK_MB})"
+    )
+    t0 = time.monotonic()
+    p = subprocess.run(
+        [sys.executable, "-c", code, str(path)],
+        cwd=ROOT,
+        env={**ENV, "PYTHONPATH": str(ROOT)},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    message, peak = p.stdout.splitlines()
+    assert (
+        message.startswith(f"{path}: line ")
+        and ": a YAML alias (*" in message
+        and "write the value out" in message
+    )
+    assert time.monotonic() - t0 < 10 and int(peak) < 200, (time.monotonic() - t0, peak)
+
+
+def test_messages_show_bounded_values():
+    """Was: `repr()` of whatever the value was, however large."""
+    line = one_problem(changed("grid.seed", list(range(100_000)) + ["x"]))
+    assert len(line) < 400 and "'x' is not" in line
+    line = one_problem(changed("train.optimizer", "s" * 1_000_000))
+    assert len(line) < 400 and "..." in line
+
+
+# --- credentials in a URL -----------------------------------------------------------------------------------
+
+SECRET_URL = "http://alice:S3CRETPW@127.0.0.1:9/cifar-10-python.tar.gz"
+
+
+def test_credentials_in_the_url_are_refused_and_never_written(project):
+    """Was: passed the check, written to data/source/cifar10.json (a cached output), printed by prepare three
+    times, and a misleading `Name or service not known`."""
+    line = one_problem(changed("data.cifar10.url", SECRET_URL))
+    assert "S3CRETPW" not in line and "alice" not in line and "http://***@127.0.0.1:9/" in line
+    assert "~/.netrc" in line and "$NETRC" in line
+    set_params(project, data={"cifar10": {"url": SECRET_URL}})
+    for module in ("params", "source", "prepare"):
+        status, err, _ = run_stage(project, module, *([] if module == "params" else ["cifar10"]))
+        assert status == 2 and len(err) == 1 and "S3CRETPW" not in err[0] and "netrc" in err[0], (module, err)
+    assert not Path(project, "data/source").exists() and not Path(project, "data/raw").exists()
+
+
+# --- values the check passed and a stage then crashed on ----------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "key, value, expected",
+    [
+        (
+            "model.width",
+            0.005,
+            "model.width = 0.005: must be a number in (0, 16] that gives at least one filter",
+        ),
+        ("train.seed", 2**32, "train.seed = 4294967296: must be an integer in [0, 4294967295]"),
+        (
+            "grid.seed",
+            [0, 2**32],
+            "must be a list whose items are each an integer in [0, 4294967295] (4294967296 is",
+        ),
+        ("evaluate.batch_size", 10_000, "evaluate.batch_size = 10000: must be an integer in [1, 1000]"),
+        (
+            "train.limit",
+            5,
+            "train.limit = 5: gives 0 training images of cifar10 (the subset is class-balanced: 0 of "
+            "each of 10 classes), fewer than one batch (train.batch_size = 32); raise it to at least 40",
+        ),
+    ],
+)
+def test_values_that_crashed_a_stage_are_refused_by_the_check(key, value, expected):
+    assert expected in one_problem(changed(key, value))
+
+
+def test_validation_is_taken_before_the_limit():
+    """Was: `train.limit: 4000` with `validation: 5000` refused, though 45,000 images remain after the
+    hold-out."""
+    assert validate(changed("train.limit", 4000, changed("train.validation", 5000))) == []
+    assert validate(changed("model.width", 0.006)) == []

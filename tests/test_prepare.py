@@ -2,19 +2,33 @@
 prepare@<dataset>` in a temporary copy of the project. Each run imports TensorFlow (~10-20 s), so the runs are
 few and each checks several things."""
 
+import base64
+import functools
+import http.server
 import json
 import re
 import shutil
 import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 import yaml
 
-from tests.archives import CIFAR10_NAMES, class_names, make_dataset, write_cifar
-from tests.conftest import ENV, dvc, md5, set_params
+from tests.archives import (
+    CIFAR10_NAMES,
+    class_names,
+    make_dataset,
+    python_members,
+    write_archive,
+    write_cifar,
+)
+from tests.conftest import ENV, dvc, git, md5, run_stage, set_params
+from tests.test_cifar import PY10, cifar_data, rewrite_python, unpickled
+from tests.test_outputs import dead_pid
 
 # TensorFlow's own start-up log lines (absl format), written to stderr before any of the project's code runs
 TF_LOG = re.compile(r"^(WARNING: All log messages before absl::InitializeLog\(\)|[IWEF]\d{4} \d\d:\d\d:\d\d)")
@@ -221,3 +235,155 @@ def test_dvc_repro_tracks_the_archive_and_reruns_nothing(project, cifar10_archiv
     set_params(project, data={"cifar10": {"md5": None}})
     status = dvc("status", "prepare@cifar10", cwd=project).stdout
     assert "prepare@cifar10" in status and "data.cifar10" in status
+
+
+def test_prepare_writes_nothing_for_nested_labels(project, tmp_path):
+    """Was: y of shape (N, 1) written to data/prepared, then an np.bincount traceback."""
+    from tests.conftest import set_params
+    from tests.test_prepare import assert_one_error_line, leftovers, prepare
+
+    data = make_dataset("cifar10", train_per_class=2, test_per_class=1)
+    m = python_members("cifar10", data)
+    name = f"{PY10}/data_batch_1"
+    rewrite_python(m, name, labels=[[v] for v in unpickled(m[name])[b"labels"]])
+    archive = write_archive(tmp_path / "nested.tar.gz", m)
+    set_params(project, data={"cifar10": {"url": str(archive), "md5": None}})
+    status, _, err = prepare(project)
+    err = [line for line in err if "md5 is null" not in line and "warnings.warn" not in line]
+    assert "labels must be a list of integers, found list" in assert_one_error_line(status, err)
+    assert not Path(project, "data/prepared/cifar10").exists() and leftovers(project) == []
+
+
+# --- a download that stalls ---------------------------------------------------------------------------------
+
+
+class _Stalling(http.server.BaseHTTPRequestHandler):
+    """mode "before": reads the request, sends nothing; "after": headers and half the body, then nothing;
+    "trickle": headers, then one byte a second."""
+
+    mode, body = "before", b"\0" * 100_000
+
+    def do_GET(self):
+        if self.mode != "before":
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(self.body)))
+            self.end_headers()
+            self.wfile.write(self.body[: len(self.body) // 2] if self.mode == "after" else b"")
+            self.wfile.flush()
+        for _ in range(60):
+            if self.mode == "trickle":
+                self.wfile.write(b"\0")
+                self.wfile.flush()
+            time.sleep(1)
+
+    def log_message(self, *args):
+        pass
+
+
+def serve(handler):
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server
+
+
+@pytest.mark.parametrize("mode", ["before", "after", "trickle"])
+def test_stalled_download_is_one_line_within_the_stall_limit(project, mode):
+    """Was: prepare sat at `0/1797803` until killed (Keras' get_file: urlretrieve without a timeout)."""
+    server = serve(type("H", (_Stalling,), {"mode": mode}))
+    try:
+        url = f"http://127.0.0.1:{server.server_port}/cifar-10-python.tar.gz"
+        set_params(project, data={"cifar10": {"url": url, "md5": None}})
+        status, err, seconds = run_stage(
+            project, "prepare", "cifar10", env={**ENV, "STAGES_DOWNLOAD_STALL": "2"}
+        )
+    finally:
+        server.shutdown()
+    err = [line for line in err if not line.startswith("warning: data.cifar10.md5 is null")]
+    line = assert_one_error_line(status, err)
+    assert (
+        line.startswith(f"error: data.cifar10.url: cannot download {url} (") and "no progress for 2 s" in line
+    )
+    assert "set data.cifar10.url to its local path" in line and "$STAGES_DOWNLOAD_STALL" in line
+    assert seconds < 20, seconds  # 2 s of stall, plus the interpreter's start
+    assert not Path(project, "data/raw/cifar10").exists() and leftovers(project) == []
+
+
+def test_the_default_stall_limit_answers_within_30_seconds():
+    from stages import prepare
+
+    assert prepare.STALL <= 20 and prepare.STALL_BYTES <= 1 << 16
+
+
+class _BasicAuth(http.server.SimpleHTTPRequestHandler):
+    def do_GET(self):
+        if self.headers.get("Authorization") != "Basic " + base64.b64encode(b"alice:S3CRETPW").decode():
+            self.send_response(401)
+            self.send_header("WWW-Authenticate", 'Basic realm="cifar"')
+            self.end_headers()
+            return
+        super().do_GET()
+
+    def log_message(self, *args):
+        pass
+
+
+def test_a_netrc_gives_the_download_its_credentials(project, cifar10_archive, tmp_path):
+    """The safer way the message names: credentials in a netrc ($NETRC names one), never in params.yaml."""
+    server = serve(functools.partial(_BasicAuth, directory=str(cifar10_archive.parent)))
+    try:
+        url = f"http://127.0.0.1:{server.server_port}/{cifar10_archive.name}"
+        set_params(project, data={"cifar10": {"url": url, "md5": md5(cifar10_archive)}})
+        status, err, _ = run_stage(project, "prepare", "cifar10")
+        assert status == 2 and "401" in err[0] and len(err) == 1, err
+        netrc = tmp_path / "netrc"
+        netrc.write_text("machine 127.0.0.1 login alice password S3CRETPW\n")
+        status, err, _ = run_stage(project, "prepare", "cifar10", env={**ENV, "NETRC": str(netrc)})
+    finally:
+        server.shutdown()
+    assert status == 0, err
+    assert md5(Path(project, "data/raw/cifar10", cifar10_archive.name)) == md5(cifar10_archive)
+
+
+def test_refused_archive_leaves_nothing_in_data_raw(project, tmp_path):
+    """Was: the refused archive stayed in data/raw/, though the fault log said nothing is written."""
+    m = python_members("cifar10", cifar_data())
+    bad = write_archive(tmp_path / "cifar-10-python.tar.gz", {**m, f"{PY10}//data_batch_1": b"x"})
+    set_params(project, data={"cifar10": {"url": str(bad), "md5": md5(bad)}})
+    line = assert_one_error_line(*prepare(project)[::2])
+    assert line.startswith(f"error: {bad}: refused member ")  # named as params.yaml names it
+    assert (
+        not Path(project, "data/raw/cifar10").exists() and not Path(project, "data/prepared/cifar10").exists()
+    )
+    assert leftovers(project) == []
+
+
+def test_prepare_removes_what_a_killed_run_left_and_git_ignores_temporaries(project):
+    """SIGKILL during np.savez or the download left 160-210 MB under data/prepared/.cifar10.*.tmp/ for
+    good."""
+    dead = dead_pid()
+    leftovers_before = [
+        Path(project, "data/prepared", f".cifar10.{dead}.abcdefgh.tmp"),
+        Path(project, "data/raw", f".cifar10.{dead}.abcdefgh.tmp"),
+    ]
+    for d in leftovers_before:
+        d.mkdir(parents=True)
+        (d / "train.npz").write_bytes(b"\0" * 4096)
+    assert (
+        git("status", "--porcelain", cwd=project).stdout == ""
+    )  # .gitignore: temporaries are never files to add
+    status, _, err = prepare(project)
+    assert status == 0, err
+    assert leftovers(project) == []
+
+
+# --- messages -----------------------------------------------------------------------------------------------
+
+
+def test_url_without_a_file_name_is_one_line_naming_the_key(project):
+    """Was: passed the check, then an OSError traceback about `.download-…/./..`."""
+    for url in ("http://127.0.0.1:9/..", "https://example.org/data/"):
+        set_params(project, data={"cifar10": {"url": url}})
+        line = assert_one_error_line(*prepare(project)[::2])
+        assert f"data.cifar10.url = {url!r}: must be" in line and "ending in the archive's file name" in line
+    assert not Path(project, "data/raw").exists() and not Path(project, "data/prepared").exists()

@@ -22,7 +22,8 @@ import yaml
 
 from stages.entry import paths
 from tests.archives import write_cifar
-from tests.conftest import BACKEND_ENV, ROOT, dvc, make_project, run, set_params
+from tests.conftest import BACKEND_ENV, ROOT, dvc, make_project, run, run_stage, set_params
+from tests.test_prepare import prepare
 
 ENTRY = "cifar10-elu-False-0"
 OUT = paths("cifar10", "elu", False, 0)
@@ -362,3 +363,19 @@ def test_bias_shift_statistics_agree_in_bf16_and_float32(prepared, tmp_path):
             name,
             means,
         )
+
+
+def test_stage_names_the_parameter_that_leaves_no_batch(project):
+    """The check knows the official sizes; the train stage the data it has (200 images here). Was:
+    `train.batch_size = 32: larger than the 0 training images; lower it or raise train.limit`."""
+    assert prepare(project)[0] == 0
+    set_params(project, train={"validation": 190})
+    status, err, _ = run_stage(project, "train", "cifar10-relu-False-0")
+    assert (
+        err
+        == [
+            "error: params.yaml: train.validation = 190: leaves 10 of the 200 training images of cifar10, "
+            "fewer than one batch (train.batch_size = 32); lower it"
+        ]
+        and status == 2
+    )
