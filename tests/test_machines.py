@@ -1,7 +1,9 @@
 """The study split across machines: each trains part of the grid and shares it through a git remote (code,
 params, dvc.lock) and a DVC remote (data, models, curves); a third machine then reproduces the whole pipeline
 from what the two pushed, and trains nothing. Here the machines are three clones and the remotes are a bare
-git repository and a local folder."""
+git repository and a local folder. Asserted: the project's own files and words (what the stages print, the
+models' checksums, dvc.lock's entries) and exit statuses, never DVC's or git's wording, which changes between
+their versions."""
 
 import json
 from pathlib import Path
@@ -66,13 +68,13 @@ def test_two_machines_train_at_once_and_a_third_reproduces_without_training(tmp_
     pushed[MODELS[1]] = md5(b / MODELS[1])
     # both added dvc.lock (and DVC's .gitignore files): git cannot merge them
     merge = git("pull", "--no-rebase", "-q", "origin", "main", cwd=b, check=False)
-    assert merge.returncode != 0 and "CONFLICT" in merge.stdout and "dvc.lock" in merge.stdout
+    assert merge.returncode != 0
     conflicted = git("diff", "--name-only", "--diff-filter=U", cwd=b).stdout.split()
     assert "dvc.lock" in conflicted and set(conflicted) <= {"dvc.lock", *ignores(b)}
     # the fix: take A's side, then let DVC record B's entry again from its run cache (no training)
     git("checkout", "--theirs", "--", *conflicted, cwd=b)
     out = dvc("repro", ELU, cwd=b).stdout
-    assert f"Stage '{ELU}' is cached - skipping run, checking out outputs" in out and "training" not in out
+    assert "training models/" not in out  # the train stage did not run: the model came from the run cache
     assert md5(b / MODELS[1]) == pushed[MODELS[1]]
     commit(b, "merge A's entries")
     git("push", "-q", "origin", "HEAD:main", cwd=b)
@@ -88,21 +90,25 @@ def test_two_machines_train_at_once_and_a_third_reproduces_without_training(tmp_
     c = tmp_path / "c"
     git("clone", "-q", str(origin), str(c), cwd=tmp_path)
     pull = dvc("pull", cwd=c, check=False)  # fetches all there is, then fails on outputs never pushed
-    assert pull.returncode != 0 and "Checkout failed for following targets" in pull.stdout
+    assert pull.returncode != 0
     dvc("pull", "--allow-missing", cwd=c)
     assert {m: md5(c / m) for m in MODELS} == pushed
     out = dvc("repro", cwd=c).stdout
-    assert "training models/" not in out and "Running stage 'train" not in out, out
-    assert "Running stage 'prepare" not in out
-    for stage in (RELU, ELU, "train_exp"):
-        assert f"Stage '{stage}' didn't change, skipping" in out
-    for stage in ("evaluate@cifar10-relu-False-0", "evaluate@cifar10-elu-False-0", "evaluate_exp", "report"):
-        assert f"Running stage '{stage}':" in out
+    assert "training models/" not in out and "prepare@cifar10: " not in out, (
+        out
+    )  # the train and prepare lines
+    for metrics in ("grid/cifar10-relu-False-0", "grid/cifar10-elu-False-0", "experiment"):
+        assert f"metrics/{metrics}.json: test accuracy " in out  # each model evaluated here
+    assert "report: cifar10: " in out
     assert {m: md5(c / m) for m in MODELS} == pushed  # the pushed models, evaluated as they are
     assert {k: v for k, v in lock(c).items() if k.startswith("train")} == trained
     summary = json.loads((c / "metrics/summary.json").read_text())["cifar10"]
     assert sorted(summary["variants"]) == ["elu", "relu"]
+    before = lock(c)
     again = dvc("repro", cwd=c).stdout  # only source@ runs (always_changed), and its stamp is unchanged
-    assert [line for line in again.splitlines() if line.startswith("Running stage")] == [
-        "Running stage 'source@cifar10':"
+    assert not [
+        w
+        for w in ("valid; grid", "training models/", "prepare@cifar10: ", "test accuracy", "report: ")
+        if w in again
     ]
+    assert lock(c) == before

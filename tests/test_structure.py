@@ -125,3 +125,26 @@ def test_ruff_finds_a_long_line_and_unformatted_code(tmp_path):
     assert status == 1 and out.startswith("x.py:2:111: E501 Line too long (112 > 110)")
     (tmp_path / "x.py").write_text("x = {'a':1}\n")
     assert ruff("format", "--check", ".", cwd=tmp_path)[0] == 1
+
+
+STAGE_ORDER = ["check", "source", "prepare", "train", "train_exp", "evaluate", "evaluate_exp", "report"]
+GRID = {"source", "prepare", "train", "evaluate"}  # one stage per dataset or entry: named <stage>@
+
+
+def rerun_table(reruns):
+    """docs/architecture.md's table of what an edit reruns, from tests/test_workflow.py's RERUNS: a row per
+    module, those that rerun the most first."""
+    rows = ["| edit `stages/…` | `dvc repro` reruns |", "|---|---|"]
+    for module in sorted(reruns, key=lambda m: (-len(reruns[m]), m)):
+        stages = [f"{s}@" if s in GRID else s for s in STAGE_ORDER if s in reruns[module]]
+        rows.append(f"| `{module}.py` | {', '.join(stages) or 'nothing'} |")
+    return "\n".join(rows)
+
+
+def test_the_architecture_doc_says_what_each_edit_reruns():
+    from tests.test_workflow import RERUNS
+
+    table = rerun_table(RERUNS)
+    assert table in (ROOT / "docs/architecture.md").read_text(), (
+        f"docs/architecture.md: its table of what an edit reruns is not test_workflow.py's RERUNS:\n{table}"
+    )
