@@ -2,9 +2,9 @@
 
     python scripts/import_graph.py        # the mermaid diagram of docs/architecture.md
 
-tests/test_structure.py holds the project to it: no cycle, and every dvc.yaml stage lists in its deps each
-stages/ module its command runs (transitively), since DVC reruns a stage, and the train stage's checkpoint
-fingerprint changes, only for the files listed there.
+tests/test_structure.py holds the project to it: no cycle, and every dvc.yaml stage lists in its deps exactly
+the stages/ modules its command runs (transitively), since DVC reruns a stage, and the train stage's
+checkpoint fingerprint changes, for the files listed there and only for them.
 """
 
 import ast

@@ -104,6 +104,7 @@ def recorder(entry, params, data, history, steps, on_gpu):
 
     from stages import each_epoch
 
+    t = params["train"]
     live = Live(str(entry.paths["live"]), save_dvc_exp=False, dvcyaml=None, report=None)
     for logs in history:  # a resumed run's curves start with the epochs already done
         each_epoch.log_epoch(live, logs)
@@ -111,8 +112,8 @@ def recorder(entry, params, data, history, steps, on_gpu):
         history=history,
         live=live,
         ckpt_dir=entry.paths["ckpt"],
-        probe_x=data.x_train[: params["train"]["probe_images"]].astype("float32"),
-        epochs=params["train"]["epochs"],
+        probe_x=data.x_train[: t["probe_images"]].astype("float32"),  # (probe_images, 32, 32, 3)
+        epochs=t["epochs"],
         steps=steps,
         queued=queued(entry, params),
         on_gpu=on_gpu,
