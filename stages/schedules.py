@@ -11,11 +11,13 @@ from dataclasses import dataclass
 
 @dataclass(frozen=True)
 class Schedule:
-    doc: str  # what it does, in one line
-    build: (
-        Callable  # (lr, total steps, params.yaml's train, keras) -> a float or a Keras LearningRateSchedule
-    )
-    words: Callable  # params.yaml's train -> the schedule as the report's configuration line gives it
+    """doc: what it does, in one line. build: (lr, total steps, params.yaml's train, keras) -> a float or a
+    Keras LearningRateSchedule. words: params.yaml's train -> the schedule in the report's configuration
+    line."""
+
+    doc: str
+    build: Callable
+    words: Callable
 
 
 def _step(lr, total, t, keras):
