@@ -26,6 +26,8 @@ SUMMARY_KEYS = (
 def load_model(path):
     import keras
 
+    import stages.layers  # noqa: F401  registers the study's BatchNorm and PReLU, which saved models name
+
     try:
         return keras.models.load_model(path, compile=False)
     except Exception as e:  # Keras' messages span lines (a refused lambda layer explains safe_mode at length)
@@ -37,7 +39,8 @@ def load_model(path):
 
 
 def predict(model, x, batch_size):
-    """(softmax (N, classes) float64, seconds of inference after a warm-up batch: tracing is not inference)."""
+    """(softmax (N, classes) float64, seconds of inference after a warm-up batch: tracing is not
+    inference)."""
     model.predict(x[:batch_size], batch_size=batch_size, verbose=0)
     t0 = time.perf_counter()
     p = model.predict(x, batch_size=batch_size, verbose=0)
