@@ -5,7 +5,7 @@
     python benchmarks/fixed_costs.py --variants elu+bn
 
 Under TensorFlow (train.backend's default), at the precision `train.precision: auto` picks: the
-interpreter's start-up with the imports a train stage makes (fresh processes, fastest of 3), building and
+interpreter's start-up with the imports a train stage makes (fresh processes, fastest of 2), building and
 compiling the model with its first step (tracing), one SGD step (fastest of --steps, after 3 untimed),
 and per epoch: the validation pass (model.evaluate on 5,000 images in batches of 500, as fit runs it), the
 bias-shift probe (stages.each_epoch.activation_stats on 256 images) and a checkpoint
@@ -40,7 +40,7 @@ def start_up():
     env = {**os.environ, "KERAS_BACKEND": "tensorflow", "TF_CPP_MIN_LOG_LEVEL": "3"}
     cmd = [sys.executable, "-c", IMPORTS]
     run = lambda: subprocess.run(cmd, cwd=ROOT, env=env, check=True, stderr=subprocess.DEVNULL)  # noqa: E731
-    return fastest(run)
+    return fastest(run, 2)
 
 
 def variant_costs(variant, steps, tmp):
@@ -80,7 +80,7 @@ def variant_costs(variant, steps, tmp):
     probe = keras.Model(model.input, acts)
     each_epoch.activation_stats(probe, x[:PROBE])
     out["probe, per epoch"] = fastest(lambda: each_epoch.activation_stats(probe, x[:PROBE]))
-    history = []
+    history, _ = [], (tmp / "ckpt").mkdir()
     out["checkpoint, per epoch"] = fastest(lambda: checkpoint.save(tmp / "ckpt", model, history + [{}]))
     out["saved model, once"] = fastest(lambda: model.save(tmp / "m.keras", include_optimizer=False), 1)
     t0 = time.perf_counter()
