@@ -26,6 +26,8 @@ SUMMARY_KEYS = (
 def load_model(path):
     import keras
 
+    import stages.layers  # noqa: F401  registers the study's BatchNorm and PReLU, which saved models name
+
     try:
         return keras.models.load_model(path, compile=False)
     except Exception as e:  # Keras' messages span lines (a refused lambda layer explains safe_mode at length)

@@ -12,13 +12,21 @@ ACT_PREFIX = (
     "act"  # activation layers are act1..act9: the net names them, train probes them, report plots them
 )
 
+
+def ours():
+    """stages.layers: Keras' BN and PReLU with TensorFlow's fast kernels (imported with Keras, so lazily)."""
+    from stages import layers
+
+    return layers
+
+
 # Activations that need arguments; any other name Keras knows (selu, gelu, swish, ...) works as it is.
 # Adding an activation to the study is one line here, or none. k: the keras module; m: params.yaml's model.
 ACTIVATIONS = {
     "relu": lambda k, m, **kw: k.layers.ReLU(**kw),
     "lrelu": lambda k, m, **kw: k.layers.LeakyReLU(negative_slope=m["lrelu_slope"], **kw),
     # one learned slope per channel, shared over H and W; PReLU's alpha has no regulariser (no weight decay)
-    "prelu": lambda k, m, **kw: k.layers.PReLU(
+    "prelu": lambda k, m, **kw: ours().PReLU(
         k.initializers.Constant(m["prelu_init"]), shared_axes=[1, 2], **kw
     ),
     "elu": lambda k, m, **kw: k.layers.ELU(**kw),
@@ -100,7 +108,7 @@ def make_net(num_classes, activation, batch_norm, model_params, weight_decay, me
             kernel_regularizer=keras.regularizers.L2(weight_decay / 2),
         )(x)
         if batch_norm:
-            x = layers.BatchNormalization(name=f"bn{n}")(x)
+            x = ours().BatchNorm(name=f"bn{n}")(x)  # keras.layers.BatchNormalization, fused on TF
         x = make_activation(activation, model_params, name=f"{ACT_PREFIX}{n}")(x)
     x = layers.GlobalAveragePooling2D(name="pool")(x)  # (N, 6, 6, classes) -> (N, classes)
     outputs = layers.Activation("softmax", dtype="float32", name="softmax")(x)

@@ -141,6 +141,7 @@ RERUNS = {
     "params": {*CHECK, "prepare", *TRAIN, "report"},
     "backend": {*CHECK, "prepare", *TRAIN, "report"},
     "model": {*CHECK, "prepare", *TRAIN, "report"},
+    "layers": {*CHECK, "prepare", *TRAIN, "report"},
     "datasets": {*CHECK, "prepare", *TRAIN, "report"},
     "schedules": {*CHECK, "prepare", *TRAIN, "report"},
     "entry": {"prepare", *TRAIN, "report"},
