@@ -87,7 +87,8 @@ def dead_pid():
     return p.pid
 
 
-def test_stale_temporaries_of_the_same_output_are_removed_live_and_other_ones_kept(tmp_path):
+def test_stale_temporaries_of_the_same_output_are_removed_live_and_other_ones_kept(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # a folder output must lie inside the project: the working directory
     dead, live = dead_pid(), os.getpid()
     names = {
         "stale": f".cifar10.{dead}.abcd_123.tmp",
