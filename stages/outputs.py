@@ -70,15 +70,10 @@ def _inside(path, root):
     return path == root or root in path.parents
 
 
-def safe_target(final, root=None, source=None):
-    """final as an absolute path, refused (UserError, one line) when writing or replacing it could touch what
-    is not the writer's: a symlink (absolute or relative), a symlink or '..' on its way down from root
-    (default: the working directory, the project's root), a path outside root or root itself, one containing
-    source or inside it (publishing a folder into itself)."""
-    root = Path(root or os.getcwd()).resolve()
+def _safe_parent(final, root):
+    """final as an absolute path whose parent lies inside root, reached without a symlink or '..' (else a
+    UserError naming final)."""
     path = Path(os.getcwd(), final)  # '..' kept: the kernel follows a link before its '..'
-    if path.is_symlink():
-        raise UserError(f"{final}: a symbolic link; remove the link (its target is never written through)")
     parent = path.parent.resolve()
     if not _inside(parent, root):
         raise UserError(f"{final}: resolves to {parent / path.name}, outside {root}; give a folder inside it")
@@ -86,11 +81,23 @@ def safe_target(final, root=None, source=None):
         raise UserError(
             f"{final}: a symbolic link or '..' on its way from {root}; give the plain path of a real folder"
         )
+    return parent / path.name
+
+
+def safe_target(final, root=None, source=None):
+    """final as an absolute path, refused (UserError, one line) when writing or replacing it could touch what
+    is not the writer's: a symlink (absolute or relative), a symlink or '..' on its way down from root
+    (default: the working directory, the project's root), a path outside root or root itself, one containing
+    source or inside it (publishing a folder into itself)."""
+    root = Path(root or os.getcwd()).resolve()
+    if Path(os.getcwd(), final).is_symlink():
+        raise UserError(f"{final}: a symbolic link; remove the link (its target is never written through)")
+    path = _safe_parent(final, root)
     if source is not None:
         source = Path(source).resolve()
-        if _inside(parent / path.name, source) or _inside(source, parent / path.name):
+        if _inside(path, source) or _inside(source, path):
             raise UserError(f"{final}: is {source} or lies inside or around it; give a folder of its own")
-    return parent / path.name
+    return path
 
 
 def _kinds(folder):
@@ -100,19 +107,21 @@ def _kinds(folder):
 
 def _foreign(final, new):
     """The first entry of the existing folder final that its writer, about to put new's files there, would
-    not have written (a link, a device, a file of another kind or depth); None when it holds only such."""
-    kinds = _kinds(new)
+    not have written (a link, a device, a file of another kind or depth); None when it holds only such.
+    new=None: links and devices only (checked before writing, so that a report's three folders are not
+    replaced one by one up to the one refused)."""
+    kinds = _kinds(new) if new is not None else None
     for p in sorted(final.rglob("*")):
         if p.is_symlink() or not (p.is_file() or p.is_dir()):
             return p
-        if p.is_file() and (len(p.relative_to(final).parts), p.suffix) not in kinds:
+        if kinds is not None and p.is_file() and (len(p.relative_to(final).parts), p.suffix) not in kinds:
             return p
     return None
 
 
 def _replaceable(final, new, name):
     """Refuses replacing final (named name in messages) by the folder new unless final is absent or a folder
-    of what its writer writes."""
+    of what its writer writes (new None: of regular files and folders only)."""
     if final.is_symlink():  # made a link after safe_target (a race): never followed
         raise UserError(f"{name}: a symbolic link; remove the link (its target is never written through)")
     if final.exists() and not final.is_dir():
@@ -128,8 +137,14 @@ def _replaceable(final, new, name):
 def atomic_path(final, directory=False, root=None):
     """Yields a temporary path in final's folder; on success it replaces final, on failure it is removed. A
     folder (directory=True) is first checked by safe_target (root: the project's root, default the working
-    directory), and an existing one is replaced only if it holds what this writer writes (_replaceable)."""
+    directory), and an existing one is replaced only if it holds what this writer writes (_replaceable). A
+    file given by a relative path (every stage's) must lie in a folder of the project reached without a link;
+    a symlink at the file's own path is replaced, never written through."""
     name, final = final, safe_target(final, root) if directory else Path(final)
+    if not directory and not final.is_absolute():  # a stage's file: its folder inside the project, no link
+        _safe_parent(final, Path(root or os.getcwd()).resolve())
+    if directory:
+        _replaceable(final, None, name)
     final.parent.mkdir(parents=True, exist_ok=True)
     remove_stale(final)
     tmp = temporary(final)
