@@ -1,5 +1,5 @@
-"""How every stage runs: `cli(main)` and `UserError`. Never run as __main__ and imports nothing from stages, so
-that every module raises and catches the one same UserError class (a stage run as `python -m stages.params`
+"""How every stage runs: `cli(main)` and `UserError`. Never run as __main__ and imports nothing from stages,
+so that every module raises and catches the one same UserError class (a stage run as `python -m stages.params`
 once had two: `__main__.UserError` and `stages.params.UserError`, and a 15-line traceback).
 
 - A UserError is one line on stderr, `error: <file or parameter>: <problem>; <fix>`, and exit status 2.
@@ -13,8 +13,9 @@ once had two: `__main__.UserError` and `stages.params.UserError`, and a 15-line 
 - A stage dies with the process that started it (Linux's parent-death signal), and under DVC with DVC when a
   shell stays between them (dash): a killed `dvc repro` leaves no stage behind to overwrite what the next
   `dvc repro` restores.
-- A full disk (ENOSPC, a quota) is one line naming the file, exit status 1 (outputs are written under
-  temporary names: nothing half-written is left).
+- A full disk (ENOSPC, a quota) is one line naming the file and the command to run again (`dvc repro` under
+  DVC, else the command typed), exit status 1 (outputs are written under temporary names: nothing
+  half-written is left).
 - TensorFlow's and XLA's C++ start-up lines are filtered out of stderr.
 """
 
@@ -23,6 +24,7 @@ import ctypes
 import errno
 import os
 import re
+import shlex
 import shutil
 import signal
 import sys
@@ -42,16 +44,19 @@ class UserError(Exception):
 
 
 class _Terminated(BaseException):
-    """SIGTERM, raised where the stage is, so that every `finally` (atomic_path's clean-up) runs as for Ctrl-C."""
+    """SIGTERM, raised where the stage is, so that every `finally` (atomic_path's clean-up) runs as for
+    Ctrl-C."""
 
 
 def on_interrupt(note):
-    """note() -> the words a Ctrl-C line adds, e.g. ' after epoch 3; `dvc repro` resumes from the checkpoint'."""
+    """note() -> the words a Ctrl-C line adds, e.g. ' after epoch 3; `dvc repro` resumes from the
+    checkpoint'."""
     _NOTE[0] = note
 
 
 def _disk_full(e):
-    """The OSError of a full disk in e's chain of causes (libraries wrap it: h5py, zipfile, shutil), else None."""
+    """The OSError of a full disk in e's chain of causes (libraries wrap it: h5py, zipfile, shutil), else
+    None."""
     seen = set()
     while e is not None and id(e) not in seen:
         if isinstance(e, OSError) and (e.errno in (errno.ENOSPC, errno.EDQUOT) or "No space left" in str(e)):
@@ -59,6 +64,14 @@ def _disk_full(e):
         seen.add(id(e))
         e = e.__cause__ or e.__context__
     return None
+
+
+def rerun():
+    """The command that runs this stage again: `dvc repro` under DVC ($DVC_STAGE), else this command line as
+    typed (e.g. `python -m stages.report docs/results/cifar10-cpu`, which DVC does not run)."""
+    if os.environ.get("DVC_STAGE"):
+        return "dvc repro"
+    return shlex.join(["python", *sys.orig_argv[1:]])
 
 
 def _interrupted_line():
@@ -75,8 +88,8 @@ def _raise_in_main_thread(signum, frame):
 
 
 def _end_by(signum):
-    """Ends this process by signum's default action (the caller sees it killed by that signal); from any thread
-    (the C library's signal(): Python's may only be called from the main thread)."""
+    """Ends this process by signum's default action (the caller sees it killed by that signal); from any
+    thread (the C library's signal(): Python's may only be called from the main thread)."""
     sys.stdout.flush()
     sys.stderr.flush()
     libc = ctypes.CDLL(None)
@@ -162,8 +175,8 @@ def cli(main):
         if (full := _disk_full(e)) is None:
             raise
         print(
-            f"error: {full.filename or os.getcwd()}: no space left on its disk ({full.strerror or full}); free "
-            f"some space there, then run `dvc repro` again",
+            f"error: {full.filename or os.getcwd()}: no space left on its disk ({full.strerror or full}); "
+            f"free some space there, then run `{rerun()}` again",
             file=sys.stderr,
         )
         sys.exit(1)
@@ -174,9 +187,9 @@ def cli(main):
         _end_by(signal.SIGTERM)
 
 
-# TensorFlow's and XLA's C++ start-up lines (absl format `I0000 00:00:… file.cc:N] …`), and the cuInit error of a
-# CPU-only machine: not failures, yet they look like ones. Written to file descriptor 2 by C++, before any
-# Python logging setting applies, so they are filtered there.
+# TensorFlow's and XLA's C++ start-up lines (absl format `I0000 00:00:… file.cc:N] …`), and the cuInit error
+# of a CPU-only machine: not failures, yet they look like ones. Written to file descriptor 2 by C++, before
+# any Python logging setting applies, so they are filtered there.
 _NOISE = re.compile(
     r"^(WARNING: All log messages before absl::InitializeLog|[IW]\d{4} \d\d:\d\d:|"
     r"E\d{4} .*(cuInit|cuda|CUDA))"
