@@ -18,9 +18,17 @@ def select(backend):
     """Makes Keras use `backend`; refuses an environment that asks for another one."""
     env = os.environ.get("KERAS_BACKEND")
     if env and env != backend:
-        raise UserError(
-            f"params.yaml: train.backend = {backend!r} but the environment has KERAS_BACKEND={env}; "
+        from stages.params import BACKENDS
+
+        # the param is suggested only when the check would accept it (KERAS_BACKEND=torch: it would not)
+        fix = (
             f"unset KERAS_BACKEND, or set the param: dvc exp run -S train.backend={env}"
+            if env in BACKENDS
+            else f"unset KERAS_BACKEND (this project trains on {' or '.join(BACKENDS)}, set by train.backend)"
+        )
+        shown = env if env in BACKENDS else ascii(env[:40])
+        raise UserError(
+            f"params.yaml: train.backend = {backend!r} but the environment has KERAS_BACKEND={shown}; {fix}"
         )
     if "keras" in sys.modules and sys.modules["keras"].backend.backend() != backend:
         raise UserError(f"train.backend = {backend!r}: Keras was already imported with another backend")
@@ -82,8 +90,8 @@ def unused_gpu_warning(listed, seen, backend, visible=None):
     if not listed or seen or visible in ("", "-1"):
         return None
     return (
-        f"warning: nvidia-smi lists {listed[0]}{f' and {len(listed) - 1} more' if len(listed) > 1 else ''} but "
-        f"Keras' {backend} backend sees no GPU, so this trains on the CPU (days at the default sizes); stop "
+        f"warning: nvidia-smi lists {listed[0]}{f' and {len(listed) - 1} more' if len(listed) > 1 else ''} "
+        f"but Keras' {backend} backend sees no GPU, so this trains on the CPU (days at the default sizes); stop "
         f"it and {GPU_FIX}"
     )
 
@@ -95,8 +103,8 @@ def cpu_has_bf16():
 
 def choose_precision(precision, gpus):
     """train.precision, with `auto` resolved: bf16 on GPUs of compute capability >= 8.0, fp16 on older ones;
-    on CPUs bf16 only where the CPU computes it (AVX-512 BF16 or AMX) under TensorFlow, whose oneDNN kernels were
-    measured 1.7x faster in bf16 there; JAX's CPU backend was not measured in bf16, so it keeps float32."""
+    on CPUs bf16 only where the CPU computes it (AVX-512 BF16 or AMX) under TensorFlow, whose oneDNN kernels
+    were measured 1.7x faster in bf16 there; JAX's CPU backend was not measured in bf16, so it keeps float32."""
     import keras
 
     if precision != "auto":
@@ -108,8 +116,8 @@ def choose_precision(precision, gpus):
 
 
 def configure(precision, seed):
-    """Sets precision, seeds and determinism for one training process; returns (precision, device name, scope):
-    build and compile the model inside `scope` (several GPUs: MirroredStrategy on TensorFlow; on JAX
+    """Sets precision, seeds and determinism for one training process; returns (precision, device name,
+    scope): build and compile the model inside `scope` (several GPUs: MirroredStrategy on TensorFlow; on JAX
     keras.distribution.DataParallel, set globally here, so the scope is a no-op)."""
     import contextlib
 
