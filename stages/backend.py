@@ -91,8 +91,8 @@ def unused_gpu_warning(listed, seen, backend, visible=None):
         return None
     return (
         f"warning: nvidia-smi lists {listed[0]}{f' and {len(listed) - 1} more' if len(listed) > 1 else ''} "
-        f"but Keras' {backend} backend sees no GPU, so this trains on the CPU (days at the default sizes); stop "
-        f"it and {GPU_FIX}"
+        f"but Keras' {backend} backend sees no GPU, so this trains on the CPU (days at the default sizes); "
+        f"stop it and {GPU_FIX}"
     )
 
 
@@ -104,7 +104,8 @@ def cpu_has_bf16():
 def choose_precision(precision, gpus):
     """train.precision, with `auto` resolved: bf16 on GPUs of compute capability >= 8.0, fp16 on older ones;
     on CPUs bf16 only where the CPU computes it (AVX-512 BF16 or AMX) under TensorFlow, whose oneDNN kernels
-    were measured 1.7x faster in bf16 there; JAX's CPU backend was not measured in bf16, so it keeps float32."""
+    were measured 1.7x faster in bf16 there; JAX's CPU backend was not measured in bf16, so it keeps
+    float32."""
     import keras
 
     if precision != "auto":
