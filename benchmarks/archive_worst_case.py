@@ -48,10 +48,11 @@ def member(split, n, rng, filler):
         k = min(255, 6 + (limit - base) // n)  # SHORT_BINSTRING: at most 255 bytes
         return _pickle({**batch, b"filenames": [b"%0*d" % (k, i) for i in range(n)]})
     raw = _pickle({**batch, b"filenames": [b"x.png"] * n})
-    budget = cifar.BUDGET_PER_BYTE * limit + cifar.BUDGET_BASE
     charged = cifar._NumpyOnlyUnpickler(raw, encoding="bytes")
     charged.load()
-    sets = min(limit - len(raw), (budget - charged.spent) // cifar.OP_COST - 16)
+    # s sets: the member grows by s bytes, its budget by BUDGET_PER_BYTE x s, its charge by OP_COST x s
+    room = cifar.BUDGET_PER_BYTE * len(raw) + cifar.BUDGET_BASE - charged.spent
+    sets = min(limit - len(raw), room // (cifar.OP_COST - cifar.BUDGET_PER_BYTE) - 16)
     return b"\x80\x02" + pickle_empty_set() * sets + raw[2:]
 
 

@@ -265,8 +265,7 @@ def _split_error(params, dataset):
 def parse(path=PARAMS):
     """params.yaml read exactly as DVC reads it (ruamel.yaml, YAML 1.2), so that every value the check passes
     is the value DVC hands the stages: `off`, `yes` and `1:00` are strings here, as they are to DVC (PyYAML's
-    YAML 1.1 would read False, True and 60). At most PARAMS_MAX bytes of UTF-8 are read; under DVC it must
-    be what the check validated (_unchanged_since_the_check)."""
+    YAML 1.1 would read False, True and 60). At most PARAMS_MAX bytes of UTF-8 are read."""
     try:
         text = read_text(path)
         _without_aliases(path, text)
@@ -281,7 +280,6 @@ def parse(path=PARAMS):
                 else f"{' '.join(str(e).split())})"
             )
         ) from None
-    _unchanged_since_the_check(path, params)
     return params
 
 
@@ -341,7 +339,8 @@ def _without_aliases(path, text):
 
 
 def load(path=PARAMS):
-    """params.yaml as a dict, after every check has passed; Keras' backend is then train.backend."""
+    """params.yaml as a dict, after every check has passed (under DVC: and it is what the check stage
+    validated); Keras' backend is then train.backend."""
     params = parse(path)
     train = params.get("train") if isinstance(params, dict) else None
     backend = train.get("backend") if isinstance(train, dict) else None
@@ -352,6 +351,7 @@ def load(path=PARAMS):
     errors = validate(params if params is not None else {})
     if errors:
         raise UserError(f"{path}: " + f"\nerror: {path}: ".join(errors))
+    _unchanged_since_the_check(path, params)
     return params
 
 
@@ -381,6 +381,7 @@ def data_params(dataset):
     _validate(SCHEMA["data"], params.get("data") if isinstance(params, dict) else None, "data.", errors)
     if errors:
         raise UserError(f"{PARAMS}: " + f"\nerror: {PARAMS}: ".join(errors))
+    _unchanged_since_the_check(PARAMS, params)
     return params["data"][dataset]
 
 

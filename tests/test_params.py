@@ -479,3 +479,50 @@ def test_a_lookalike_key_is_echoed_escaped():
     errors = validate(params)
     assert errors[0] == "'tr\\u0430in': unknown key; did you mean train?", errors
     assert all(e.isascii() for e in errors)
+
+
+CHANGED = "error: params.yaml: changed since the check validated it (another `dvc exp run` in this workspace"
+
+
+@pytest.mark.e2e
+def test_a_stage_refuses_params_changed_since_the_check(project):
+    """What a second `dvc exp run -S train.epochs=5` does to a first one running in the same workspace: it
+    writes params.yaml after the first's check passed. Every later stage compares the params.yaml it reads
+    with what dvc.lock records the check validated, and refuses a difference in one line."""
+    dvc("repro", "check", "prepare@cifar10", cwd=project)
+    lock = yaml.safe_load((project / "dvc.lock").read_text())
+    assert lock["stages"]["check"]["params"]["params.yaml"]["train"]["epochs"] == 2
+    set_params(project, train={"epochs": 5})
+    for stage in ("source@cifar10", "train@cifar10-relu-False-0"):
+        p = dvc("repro", "-s", stage, cwd=project, check=False)
+        errors = [line for line in p.stdout.splitlines() if line.startswith("error: ")]
+        assert p.returncode != 0 and len(errors) == 1 and errors[0].startswith(CHANGED), p.stdout[-3000:]
+    assert not (project / "models").exists() and not (project / "checkpoints").exists()
+    # the check run again (dvc repro without -s): the new params are what it validated
+    assert "Running stage 'check'" in dvc("repro", "source@cifar10", cwd=project).stdout
+
+
+@pytest.mark.e2e
+def test_two_dvc_exp_runs_at_once_never_train_a_mix(project):
+    """Was: the second failed on DVC's lock after writing its -S into params.yaml; the first trained every
+    grid model for 5 epochs while its dvc.lock recorded 2. Now the first stops at its next stage, in one
+    line."""
+    first = subprocess.Popen(
+        [sys.executable, "-m", "dvc", "exp", "run"],
+        cwd=project,
+        env=ENV,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    lock = project / "dvc.lock"
+    for _ in range(600):  # until the first run's check is recorded
+        if lock.is_file() and "check" in (yaml.safe_load(lock.read_text()) or {}).get("stages", {}):
+            break
+        subprocess.run(["sleep", "0.2"])
+    second = dvc("exp", "run", "-S", "train.epochs=5", cwd=project, check=False)
+    out = first.communicate(timeout=900)[0]
+    assert second.returncode != 0, second.stdout[-2000:]  # DVC's lock: the workspace is busy
+    assert first.returncode != 0 and CHANGED in out, out[-3000:]
+    trained = [yaml.safe_load(p.read_text()) for p in (project / "models").rglob("*.json")]
+    assert all(t["epochs"] == 2 for t in trained), trained  # nothing trained with the second run's value
