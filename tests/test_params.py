@@ -522,7 +522,12 @@ def test_two_dvc_exp_runs_at_once_never_train_a_mix(project):
         subprocess.run(["sleep", "0.2"])
     second = dvc("exp", "run", "-S", "train.epochs=5", cwd=project, check=False)
     out = first.communicate(timeout=900)[0]
-    assert second.returncode != 0, second.stdout[-2000:]  # DVC's lock: the workspace is busy
-    assert first.returncode != 0 and CHANGED in out, out[-3000:]
+    # the first stops: at its next stage, in our line, or, when the second held DVC's lock at that moment,
+    # on DVC's own lock (before the stage ran); both never train on the second's params
+    assert first.returncode != 0, out[-3000:]
+    assert CHANGED in out or "Unable to acquire lock" in out, out[-3000:]
+    checked = yaml.safe_load((project / "dvc.lock").read_text())["stages"]["check"]["params"]["params.yaml"]
     trained = [yaml.safe_load(p.read_text()) for p in (project / "models").rglob("*.json")]
-    assert all(t["epochs"] == 2 for t in trained), trained  # nothing trained with the second run's value
+    # whatever trained, trained on what the check of its own run validated
+    assert all(t["epochs"] == checked["train"]["epochs"] for t in trained), (trained, checked["train"])
+    print(f"first: {'refused' if CHANGED in out else 'DVC lock'}; second exit {second.returncode}")
