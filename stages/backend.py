@@ -97,7 +97,7 @@ def unused_gpu_warning(listed, seen, backend, visible=None):
 
 
 def cpu_has_bf16():
-    flags = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
+    flags = Path("/proc/cpuinfo").read_text(encoding="utf-8") if Path("/proc/cpuinfo").exists() else ""
     return "avx512_bf16" in flags or "amx_bf16" in flags
 
 

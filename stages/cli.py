@@ -114,7 +114,7 @@ def _watch(wakeup):
 
 
 def _parent_of(pid):
-    return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+    return int(Path(f"/proc/{pid}/stat").read_text(encoding="utf-8").rsplit(")", 1)[1].split()[1])
 
 
 def _watch_launcher(shell, launcher):
@@ -135,7 +135,7 @@ def _die_with_parent():
     if os.getppid() != parent:  # the parent ended before the call: no signal will come
         raise _Terminated
     with contextlib.suppress(OSError, ValueError):
-        shell = Path(f"/proc/{parent}/comm").read_text().strip() in SHELLS
+        shell = Path(f"/proc/{parent}/comm").read_text(encoding="utf-8").strip() in SHELLS
         if shell and os.environ.get("DVC_STAGE"):
             threading.Thread(target=_watch_launcher, args=(parent, _parent_of(parent)), daemon=True).start()
 

@@ -51,7 +51,8 @@ class Entry:
 
     @property
     def paths(self):
-        """The entry's files; the experiment's own model has fixed names so that `dvc exp` can compare them."""
+        """The entry's files; the experiment's own model has fixed names so that `dvc exp` can compare
+        them."""
         rel = "experiment" if self.experiment else f"grid/{self.key}"
         return {
             "model": Path(f"models/{rel}.keras"),
@@ -74,8 +75,9 @@ def experiment_entry(params):
 
 
 def find(name, params):
-    """The entry a stage name stands for: `<stage>@<key>` or `<key>` of the grid, or `<stage>_exp`/`experiment`
-    for the experiment's own model. Only entries of the (validated) params.yaml are found."""
+    """The entry a stage name stands for: `<stage>@<key>` or `<key>` of the grid, or
+    `<stage>_exp`/`experiment` for the experiment's own model. Only entries of the (validated) params.yaml
+    are found."""
     key = name.split("@", 1)[-1]
     if key.endswith("_exp") or key == "experiment":
         return experiment_entry(params)
@@ -90,7 +92,8 @@ def find(name, params):
 
 
 def from_command_line(description):
-    """(entry, params) of a train or evaluate process: the entry named on the command line, else $DVC_STAGE."""
+    """(entry, params) of a train or evaluate process: the entry named on the command line, else
+    $DVC_STAGE."""
     ap = argparse.ArgumentParser(description=description)
     ap.add_argument(
         "entry",
@@ -110,12 +113,13 @@ def from_command_line(description):
 
 
 def read_classes(dataset, params):
-    """The class names of a prepared dataset, checked: as many distinct non-empty strings as its labels have."""
+    """The class names of a prepared dataset, checked: as many distinct non-empty strings as its labels
+    have."""
     path = PREPARED / dataset / "classes.json"
     if not path.is_file():
         raise UserError(f"{path}: missing; prepare the data first: dvc repro prepare@{dataset}")
     try:
-        classes = json.loads(path.read_text())
+        classes = json.loads(path.read_text(encoding="utf-8"))
     except (ValueError, UnicodeDecodeError) as e:
         raise UserError(f"{path}: not JSON ({type(e).__name__}); {_rebuild(dataset)}") from None
     expected = num_classes(params, dataset)
@@ -135,7 +139,7 @@ def read_classes(dataset, params):
 def read_json(path, keys, fix):
     """A JSON object that holds keys, from a stage's output; anything else is one line ending in fix."""
     try:
-        obj = json.loads(Path(path).read_text())
+        obj = json.loads(Path(path).read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise UserError(f"{path}: missing; {fix}") from None
     except (ValueError, UnicodeDecodeError) as e:

@@ -267,7 +267,7 @@ def parse(path=PARAMS):
     is the value DVC hands the stages: `off`, `yes` and `1:00` are strings here, as they are to DVC (PyYAML's
     YAML 1.1 would read False, True and 60). At most PARAMS_MAX bytes of UTF-8 are read."""
     try:
-        text = read_text(path)
+        text = read_utf8(path)
         _without_aliases(path, text)
         params = YAML(typ="safe").load(text)
     except (OSError, YAMLError) as e:
@@ -283,7 +283,7 @@ def parse(path=PARAMS):
     return params
 
 
-def read_text(path, most=PARAMS_MAX):
+def read_utf8(path, most=PARAMS_MAX):
     """The UTF-8 text of a YAML file, at most `most` bytes of it read (a link to /dev/zero, or a huge file, is
     one line in a fraction of a second); anything else is a UserError naming the byte."""
     with open(path, "rb") as f:
@@ -312,7 +312,7 @@ def _unchanged_since_the_check(path, params):
     if not stage or stage == "check" or Path(path) != PARAMS or not LOCK.is_file():
         return
     try:
-        lock = YAML(typ="safe").load(read_text(LOCK, 16 * PARAMS_MAX))
+        lock = YAML(typ="safe").load(read_utf8(LOCK, 16 * PARAMS_MAX))
         checked = lock["stages"]["check"]["params"][str(PARAMS)]
     except (YAMLError, UserError, KeyError, TypeError):
         return  # no check recorded (yet): nothing to compare with
