@@ -111,8 +111,11 @@ def _foreign(final, new):
     new=None: links and devices only (checked before writing, so that a report's three folders are not
     replaced one by one up to the one refused)."""
     kinds = _kinds(new) if new is not None else None
+    cache = Path(".dvc/cache").resolve()  # DVC's `cache.type: symlink` checks files out as links into it
     for p in sorted(final.rglob("*")):
-        if p.is_symlink() or not (p.is_file() or p.is_dir()):
+        if p.is_symlink() and not (p.is_file() and cache in p.resolve().parents):
+            return p
+        if not (p.is_file() or p.is_dir()):
             return p
         if kinds is not None and p.is_file() and (len(p.relative_to(final).parts), p.suffix) not in kinds:
             return p
