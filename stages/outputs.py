@@ -75,6 +75,8 @@ def _safe_parent(final, root):
     UserError naming final)."""
     path = Path(os.getcwd(), final)  # '..' kept: the kernel follows a link before its '..'
     parent = path.parent.resolve()
+    if _inside(root, path.resolve()):
+        raise UserError(f"{final}: is {root} itself, or a folder above it; give a folder inside it")
     if not _inside(parent, root):
         raise UserError(f"{final}: resolves to {parent / path.name}, outside {root}; give a folder inside it")
     if Path(os.path.normpath(path.parent)) != parent or ".." in path.parts:

@@ -68,7 +68,9 @@ def refused(proj, src, out, expected):
 
 
 def test_the_checkout_itself_is_refused(clone):
-    refused(clone, "ws", ".", "outside")
+    line = refused(clone, "ws", ".", "itself, or a folder above it")
+    assert line == f"error: .: is {clone} itself, or a folder above it; give a folder inside it"
+    refused(clone, "ws", "..", "itself, or a folder above it")
 
 
 def test_the_workspace_itself_or_a_folder_inside_it_is_refused(clone):
