@@ -13,13 +13,13 @@ from pathlib import Path
 
 from stages.cli import UserError
 
+BACKENDS = ("tensorflow", "jax")  # Keras backends that train and evaluate run on (train.backend)
+
 
 def select(backend):
     """Makes Keras use `backend`; refuses an environment that asks for another one."""
     env = os.environ.get("KERAS_BACKEND")
     if env and env != backend:
-        from stages.params import BACKENDS
-
         # the param is suggested only when the check would accept it (KERAS_BACKEND=torch: it would not)
         fix = (
             f"unset KERAS_BACKEND, or set the param: dvc exp run -S train.backend={env}"

@@ -16,12 +16,12 @@ from pathlib import Path
 from ruamel.yaml import YAML, YAMLError
 from ruamel.yaml.events import AliasEvent
 
+from stages.backend import BACKENDS
 from stages.cli import UserError, cli
 
 PARAMS = Path("params.yaml")
 CHECKED = Path("data/params.ok")  # the check stage's output: every later stage runs after the check
 DATASETS = ("cifar10", "cifar100")
-BACKENDS = ("tensorflow", "jax")  # Keras backends that train and evaluate run on
 NAME = re.compile(r"[a-z][a-z0-9_]{0,31}")  # what may appear in a stage name, a path or a shell command
 SEED_MAX = 2**32 - 1  # NumPy's and Keras' seeds are 32-bit
 EVALUATE_BATCH_MAX = 1000  # images per inference batch: ~1.8 GB of activations at width 1
