@@ -16,7 +16,7 @@ ROOT = Path(__file__).resolve().parents[1]
 def imports(path):
     """The stages modules a file imports, by module name ('stages.params')."""
     found = set()
-    for node in ast.walk(ast.parse(Path(path).read_text())):
+    for node in ast.walk(ast.parse(Path(path).read_text(encoding="utf-8"))):
         if isinstance(node, ast.ImportFrom) and node.module == "stages":  # from stages import backend
             found |= {f"stages.{a.name}" for a in node.names}
         elif isinstance(node, ast.ImportFrom) and (node.module or "").startswith("stages."):

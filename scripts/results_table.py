@@ -12,7 +12,7 @@ from pathlib import Path
 
 
 def table(folder, dataset):
-    summary = json.loads(Path(folder, "metrics/summary.json").read_text())[dataset]
+    summary = json.loads(Path(folder, "metrics/summary.json").read_text(encoding="utf-8"))[dataset]
     variants = sorted(summary["variants"].items(), key=lambda kv: kv[1]["rank"])
     below = {t["better"]: t for t in summary["neighbours"].values()}
     n = sorted({v["n"] for _, v in variants})

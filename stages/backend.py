@@ -13,14 +13,22 @@ from pathlib import Path
 
 from stages.cli import UserError
 
+BACKENDS = ("tensorflow", "jax")  # Keras backends that train and evaluate run on (train.backend)
+
 
 def select(backend):
     """Makes Keras use `backend`; refuses an environment that asks for another one."""
     env = os.environ.get("KERAS_BACKEND")
     if env and env != backend:
-        raise UserError(
-            f"params.yaml: train.backend = {backend!r} but the environment has KERAS_BACKEND={env}; "
+        # the param is suggested only when the check would accept it (KERAS_BACKEND=torch: it would not)
+        fix = (
             f"unset KERAS_BACKEND, or set the param: dvc exp run -S train.backend={env}"
+            if env in BACKENDS
+            else f"unset KERAS_BACKEND (this project trains on {' or '.join(BACKENDS)}, set by train.backend)"
+        )
+        shown = env if env in BACKENDS else ascii(env[:40])
+        raise UserError(
+            f"params.yaml: train.backend = {backend!r} but the environment has KERAS_BACKEND={shown}; {fix}"
         )
     if "keras" in sys.modules and sys.modules["keras"].backend.backend() != backend:
         raise UserError(f"train.backend = {backend!r}: Keras was already imported with another backend")
@@ -83,14 +91,13 @@ def unused_gpu_warning(listed, seen, backend, visible=None):
         return None
     return (
         f"warning: nvidia-smi lists {listed[0]}{f' and {len(listed) - 1} more' if len(listed) > 1 else ''} "
-        f"but "
-        f"Keras' {backend} backend sees no GPU, so this trains on the CPU (days at the default sizes); stop "
-        f"it and {GPU_FIX}"
+        f"but Keras' {backend} backend sees no GPU, so this trains on the CPU (days at the default sizes); "
+        f"stop it and {GPU_FIX}"
     )
 
 
 def cpu_has_bf16():
-    flags = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
+    flags = Path("/proc/cpuinfo").read_text(encoding="utf-8") if Path("/proc/cpuinfo").exists() else ""
     return "avx512_bf16" in flags or "amx_bf16" in flags
 
 

@@ -5,10 +5,16 @@ A checkpoint is resumed only if its fingerprint equals the run's: the params, th
 backend, the prepared data's sha256 and the sha256 of every source file the train stage lists in dvc.yaml
 (code changed since the kill: start over, as dvc.lock records the new code). A checkpoint whose weights'
 checksum, epoch count or optimizer step count disagrees with its history is damaged: never loaded.
+
+Whatever a power cut, a full disk or a hand leaves there never fails the stage: an unreadable config.json
+(empty, garbage, a folder), an unreadable history.json (100,000 levels deep), a symbolic link or a file where
+a folder belongs are set aside (renamed damaged-<name> beside it, replacing an older one) with a warning, and
+training starts over (or resumes from an older intact checkpoint).
 """
 
 import errno
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -18,6 +24,42 @@ import yaml
 from stages.outputs import atomic_path, digest, write_json
 
 KEEP = 2  # newest checkpoints kept: one may be damaged later (disk full, a kill mid-write)
+JSON_MAX = 64 << 20  # bytes of a config.json or history.json read at most (10,000 epochs of history: ~2 MB)
+DAMAGED = (OSError, ValueError, KeyError, TypeError, AttributeError, RecursionError)  # what bad JSON raises
+
+
+def read_json(path):
+    """A checkpoint's JSON file, at most JSON_MAX bytes of it (a longer one raises ValueError)."""
+    with open(path, "rb") as f:
+        raw = f.read(JSON_MAX + 1)
+    if len(raw) > JSON_MAX:
+        raise ValueError(f"more than {JSON_MAX} bytes")
+    return json.loads(raw.decode("utf-8"))
+
+
+def set_aside(path, warning):
+    """Renames path (a folder, file or link: a link's target is never touched) to damaged-<name> beside it,
+    replacing an older one, and prints the warning: the run goes on from what is left."""
+    aside = path.parent / f"damaged-{path.name}"
+    if aside.is_dir() and not aside.is_symlink():
+        shutil.rmtree(aside)
+    elif aside.exists() or aside.is_symlink():
+        aside.unlink()
+    os.rename(path, aside)
+    print(f"{warning} (set aside as {aside})", flush=True)
+
+
+def _real_folder(ckpt_dir):
+    """ckpt_dir and, given relative to the project (checkpoints/grid/<entry>), each folder above it made a
+    real folder: a symbolic link or a file in the way is set aside (writing through a link would write outside
+    the project)."""
+    above = [] if ckpt_dir.is_absolute() else list(ckpt_dir.parents)[:-1]  # never above the project
+    for part in reversed([ckpt_dir, *above]):
+        if part.is_symlink() or (part.exists() and not part.is_dir()):
+            set_aside(
+                part, f"warning: {part}: a symbolic link or a file where a folder belongs; starting over"
+            )
+    ckpt_dir.mkdir(parents=True, exist_ok=True)
 
 
 def sha256(path):
@@ -26,7 +68,7 @@ def sha256(path):
 
 def code_digest(stage):
     """sha256 of every .py file that dvc.yaml lists as a dependency of `stage` (train or train_exp)."""
-    deps = yaml.safe_load(Path("dvc.yaml").read_text())["stages"][stage]["deps"]
+    deps = yaml.safe_load(Path("dvc.yaml").read_text(encoding="utf-8"))["stages"][stage]["deps"]
     return {d: sha256(d) for d in sorted(deps) if d.endswith(".py")}
 
 
@@ -39,7 +81,7 @@ def seed_states(model):
 def _intact(d, fingerprint, model, steps_per_epoch):
     """The history of checkpoint folder d if it is whole and consistent (and the model then holds its
     weights)."""
-    meta = json.loads((d / "history.json").read_text())
+    meta = read_json(d / "history.json")
     epoch, history = meta["epoch"], meta["history"]
     if (
         sha256(d / "model.weights.h5") != meta["weights_sha256"]
@@ -60,25 +102,33 @@ def _intact(d, fingerprint, model, steps_per_epoch):
 def resume(ckpt_dir, fingerprint, build, steps_per_epoch):
     """(model, epoch, history): the newest intact checkpoint made with this exact fingerprint loaded into a
     model from build() (built, compiled, optimizer built), or build()'s fresh model, (…, 0, []) when there is
-    none. Checkpoints of another fingerprint are deleted."""
+    none.
+    Checkpoints of another fingerprint are deleted; damaged ones are set aside (set_aside)."""
+    _real_folder(ckpt_dir)
     config = ckpt_dir / "config.json"
-    if not config.exists() or json.loads(config.read_text()) != fingerprint:
+    try:
+        same = config.exists() and read_json(config) == fingerprint
+    except DAMAGED as e:
+        set_aside(ckpt_dir, f"warning: {config}: unreadable ({type(e).__name__}); starting over")
+        same = False
+    if not same:
         shutil.rmtree(ckpt_dir, ignore_errors=True)  # another configuration's: never resume from it
         ckpt_dir.mkdir(parents=True, exist_ok=True)
         write_json(config, fingerprint)
         return build(), 0, []
     model = build()
     for d in sorted(ckpt_dir.glob("epoch-*"), reverse=True):
+        if d.is_symlink() or not d.is_dir():
+            set_aside(d, f"warning: {d}: a symbolic link or a file where a checkpoint belongs; ignoring it")
+            continue
         try:
             history = _intact(d, fingerprint, model, steps_per_epoch)
-        except (OSError, ValueError, KeyError, TypeError):
+        except DAMAGED:
             history = None
         if history is not None:
             print(f"resuming after epoch {len(history)} from {d}", flush=True)
             return model, len(history), history
-        print(
-            f"warning: {d} is damaged (checksum, epoch count or step count disagree); ignoring it", flush=True
-        )
+        set_aside(d, f"warning: {d} is damaged (checksum, epoch count or step count disagree); ignoring it")
         model = build()  # it may hold part of the damaged checkpoint
     return model, 0, []
 
@@ -124,7 +174,8 @@ def save(ckpt_dir, model, history):
                     "history": history,
                     "seed_states": [keras.ops.convert_to_numpy(v).tolist() for v in seed_states(model)],
                 }
-            )
+            ),
+            encoding="utf-8",
         )
     for old in sorted(ckpt_dir.glob("epoch-*"))[:-KEEP]:
         shutil.rmtree(old)

@@ -20,6 +20,7 @@ import pickle
 import posixpath
 import queue
 import re
+import sys
 import tarfile
 import threading
 import zlib
@@ -171,10 +172,52 @@ def _dtype(spec, align=False, copy=True):
     return np.dtype(spec, align=False, copy=True)  # a copy: BUILD sets its state, never the shared one's
 
 
+# The unpickler's work is charged per opcode: OP_COST bytes for each, more than any object one opcode builds
+# from a few bytes of the pickle (an empty set: 216 bytes) with its stack slot and memo entry, plus the size
+# of each string, bytes or integer an opcode reads from the pickle (sys.getsizeof), and of each FRAME. A
+# member is refused once the charge passes BUDGET_PER_BYTE x its size + BUDGET_BASE: 8 M one-byte EMPTY_SET
+# opcodes (8 MB) once built 1.9 GB of sets; the official batches (one 30 MB bytes object, ~4 small opcodes per
+# image) are charged ~1.4x their size.
+OP_COST = 256
+BUDGET_PER_BYTE, BUDGET_BASE = 2, 1 << 20
+_DATA_OPS = {
+    op[0]
+    for op in (
+        pickle.STRING, pickle.BINSTRING, pickle.SHORT_BINSTRING, pickle.BINBYTES, pickle.SHORT_BINBYTES,
+        pickle.BINBYTES8, pickle.UNICODE, pickle.BINUNICODE, pickle.SHORT_BINUNICODE, pickle.BINUNICODE8,
+        pickle.BYTEARRAY8, pickle.LONG, pickle.LONG1, pickle.LONG4,
+    )
+}  # fmt: skip
+
+
+def _charged(code, op):
+    """op (an unpickler's dispatch entry) that charges its work to the unpickler's budget first."""
+
+    def charged(self):
+        op(self)
+        cost = OP_COST
+        if code in _DATA_OPS:
+            cost += sys.getsizeof(self.stack[-1])
+        elif code == pickle.FRAME[0] and self._unframer.current_frame is not None:
+            cost += len(self._unframer.current_frame.getvalue())
+        self.spent += cost
+        if self.spent > self.budget:
+            raise pickle.UnpicklingError(
+                f"refused: it builds more than {self.budget} bytes of objects ({BUDGET_PER_BYTE} x the "
+                f"member's size + {BUDGET_BASE >> 20} MiB) before its end; an official batch needs ~1.4 x"
+            )
+
+    return charged
+
+
 class _NumpyOnlyUnpickler(pickle._Unpickler):
     """Rebuilds plain numpy arrays and nothing else: any other global is refused, BUILD only reaches arrays
     and dtypes. The pure-Python unpickler: its memo is a dict, where the C one allocates up to the largest
-    memo index a pickle names (4 GB for a 9-byte pickle)."""
+    memo index a pickle names (4 GB for a 9-byte pickle). Its work is bounded by its budget (see OP_COST)."""
+
+    def __init__(self, raw, **kwargs):
+        super().__init__(io.BytesIO(raw), **kwargs)
+        self.spent, self.budget = 0, BUDGET_PER_BYTE * len(raw) + BUDGET_BASE
 
     GLOBALS = {
         ("numpy.core.multiarray", "_reconstruct"): _reconstruct,
@@ -193,7 +236,10 @@ class _NumpyOnlyUnpickler(pickle._Unpickler):
             raise pickle.UnpicklingError(f"refused BUILD on {type(self.stack[-2]).__name__}")
         super().load_build()
 
-    dispatch = {**pickle._Unpickler.dispatch, pickle.BUILD[0]: load_build}
+    dispatch = {
+        code: _charged(code, op)
+        for code, op in {**pickle._Unpickler.dispatch, pickle.BUILD[0]: load_build}.items()
+    }
 
 
 # --- the archive: one streaming pass ------------------------------------------------------------------------
@@ -304,6 +350,15 @@ DECOMPRESS = (
     (b"BZh", bz2.BZ2File),
     (b"\xfd7zXZ\x00", lzma.LZMAFile),
 )
+# archives of other formats, by magic bytes: named as what they are (they are not damaged tars)
+OTHER_FORMATS = (
+    (b"PK\x03\x04", "a zip"),
+    (b"PK\x05\x06", "a zip"),
+    (b"\x28\xb5\x2f\xfd", "a zstd"),
+    (b"\x04\x22\x4d\x18", "an lz4"),
+    (b"7z\xbc\xaf\x27\x1c", "a 7z"),
+    (b"Rar!\x1a\x07", "a rar"),
+)
 STREAM_ERRORS = (tarfile.TarError, EOFError, OSError, zlib.error, lzma.LZMAError)
 
 
@@ -333,6 +388,12 @@ class Archive:
             f = stack.enter_context(self._guard(open, self.file, "rb"))
             head = self._guard(f.read, 6)
             f.seek(0)
+            for magic, kind in OTHER_FORMATS:
+                if head.startswith(magic):
+                    raise UserError(
+                        f"{self.path}: {kind} archive, not a tar; use the official archive (a .tar.gz), or "
+                        f"unpack this one and pack it again with `tar czf`"
+                    )
             for magic, opener in DECOMPRESS:
                 if head.startswith(magic):
                     f = stack.enter_context(opener(f))
@@ -418,7 +479,7 @@ def _what(v):
 def _unpickle(where, raw, *keys):
     """The values of keys in a pickled dict, loaded with plain numpy arrays as the only globals allowed."""
     try:
-        d = _NumpyOnlyUnpickler(io.BytesIO(raw), encoding="bytes").load()
+        d = _NumpyOnlyUnpickler(raw, encoding="bytes").load()
         return [d[k] for k in keys]
     except Exception as e:  # a hostile or damaged pickle can raise almost anything
         raise UserError(

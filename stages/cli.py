@@ -13,8 +13,9 @@ once had two: `__main__.UserError` and `stages.params.UserError`, and a 15-line 
 - A stage dies with the process that started it (Linux's parent-death signal), and under DVC with DVC when a
   shell stays between them (dash): a killed `dvc repro` leaves no stage behind to overwrite what the next
   `dvc repro` restores.
-- A full disk (ENOSPC, a quota) is one line naming the file, exit status 1 (outputs are written under
-  temporary names: nothing half-written is left).
+- A full disk (ENOSPC, a quota) is one line naming the file and the command to run again (`dvc repro` under
+  DVC, else the command typed), exit status 1 (outputs are written under temporary names: nothing
+  half-written is left).
 - TensorFlow's and XLA's C++ start-up lines are filtered out of stderr.
 """
 
@@ -23,6 +24,7 @@ import ctypes
 import errno
 import os
 import re
+import shlex
 import shutil
 import signal
 import sys
@@ -62,6 +64,14 @@ def _disk_full(e):
         seen.add(id(e))
         e = e.__cause__ or e.__context__
     return None
+
+
+def rerun():
+    """The command that runs this stage again: `dvc repro` under DVC ($DVC_STAGE), else this command line as
+    typed (e.g. `python -m stages.report docs/results/cifar10-cpu`, which DVC does not run)."""
+    if os.environ.get("DVC_STAGE"):
+        return "dvc repro"
+    return shlex.join(["python", *sys.orig_argv[1:]])
 
 
 def _interrupted_line():
@@ -104,7 +114,7 @@ def _watch(wakeup):
 
 
 def _parent_of(pid):
-    return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+    return int(Path(f"/proc/{pid}/stat").read_text(encoding="utf-8").rsplit(")", 1)[1].split()[1])
 
 
 def _watch_launcher(shell, launcher):
@@ -125,7 +135,7 @@ def _die_with_parent():
     if os.getppid() != parent:  # the parent ended before the call: no signal will come
         raise _Terminated
     with contextlib.suppress(OSError, ValueError):
-        shell = Path(f"/proc/{parent}/comm").read_text().strip() in SHELLS
+        shell = Path(f"/proc/{parent}/comm").read_text(encoding="utf-8").strip() in SHELLS
         if shell and os.environ.get("DVC_STAGE"):
             threading.Thread(target=_watch_launcher, args=(parent, _parent_of(parent)), daemon=True).start()
 
@@ -166,7 +176,7 @@ def cli(main):
             raise
         print(
             f"error: {full.filename or os.getcwd()}: no space left on its disk ({full.strerror or full}); "
-            f"free some space there, then run `dvc repro` again",
+            f"free some space there, then run `{rerun()}` again",
             file=sys.stderr,
         )
         sys.exit(1)

@@ -77,8 +77,8 @@ def experiment_entry(params):
 
 def find(name, params):
     """The entry a stage name stands for: `<stage>@<key>` or `<key>` of the grid, or
-    `<stage>_exp`/`experiment` for the experiment's own model. Only entries of the (validated) params.yaml are
-    found."""
+    `<stage>_exp`/`experiment` for the experiment's own model. Only entries of the (validated) params.yaml
+    are found."""
     key = name.split("@", 1)[-1]
     if key.endswith("_exp") or key == "experiment":
         return experiment_entry(params)
@@ -120,7 +120,7 @@ def read_classes(dataset, params):
     if not path.is_file():
         raise UserError(f"{path}: missing; prepare the data first: dvc repro prepare@{dataset}")
     try:
-        classes = json.loads(path.read_text())
+        classes = json.loads(path.read_text(encoding="utf-8"))
     except (ValueError, UnicodeDecodeError) as e:
         raise UserError(f"{path}: not JSON ({type(e).__name__}); {_rebuild(dataset)}") from None
     expected = num_classes(params, dataset)
@@ -140,7 +140,7 @@ def read_classes(dataset, params):
 def read_json(path, keys, fix):
     """A JSON object that holds keys, from a stage's output; anything else is one line ending in fix."""
     try:
-        obj = json.loads(Path(path).read_text())
+        obj = json.loads(Path(path).read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise UserError(f"{path}: missing; {fix}") from None
     except (ValueError, UnicodeDecodeError) as e:

@@ -1,7 +1,12 @@
 """Every stage output is written under a temporary name beside its final path and renamed when complete,
 so a killed stage never leaves a half-written file that looks finished. The temporary,
 .<name>.<pid>.<random>.tmp, is removed on failure, Ctrl-C and SIGTERM (stages.cli); one left by SIGKILL is
-removed by the next writer of the same output, once its pid is gone."""
+removed by the next writer of the same output, once its pid is gone.
+
+A folder output replaces what is there only when it is safe to (safe_target): the target is no symbolic
+link, no link or '..' lies on its way from the project's root (the working directory, or the root given), it
+lies inside that root, and an existing folder holds only what this writer writes (regular files of the kinds
+the new folder holds). Anything else is one line, and nothing is removed or half replaced."""
 
 import contextlib
 import hashlib
@@ -13,7 +18,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from stages.cli import TEMPORARIES
+from stages.cli import TEMPORARIES, UserError
 
 
 def digest(path, algorithm):
@@ -61,19 +66,103 @@ def remove_stale(final):
             )
 
 
+def _inside(path, root):
+    return path == root or root in path.parents
+
+
+def _safe_parent(final, root):
+    """final as an absolute path whose parent lies inside root, reached without a symlink or '..' (else a
+    UserError naming final)."""
+    path = Path(os.getcwd(), final)  # '..' kept: the kernel follows a link before its '..'
+    parent = path.parent.resolve()
+    if _inside(root, path.resolve()):
+        raise UserError(f"{final}: is {root} itself, or a folder above it; give a folder inside it")
+    if not _inside(parent, root):
+        raise UserError(f"{final}: resolves to {parent / path.name}, outside {root}; give a folder inside it")
+    if Path(os.path.normpath(path.parent)) != parent or ".." in path.parts:
+        raise UserError(
+            f"{final}: a symbolic link or '..' on its way from {root}; give the plain path of a real folder"
+        )
+    return parent / path.name
+
+
+def safe_target(final, root=None, source=None):
+    """final as an absolute path, refused (UserError, one line) when writing or replacing it could touch what
+    is not the writer's: a symlink (absolute or relative), a symlink or '..' on its way down from root
+    (default: the working directory, the project's root), a path outside root or root itself, one containing
+    source or inside it (publishing a folder into itself)."""
+    root = Path(root or os.getcwd()).resolve()
+    if Path(os.getcwd(), final).is_symlink():
+        raise UserError(f"{final}: a symbolic link; remove the link (its target is never written through)")
+    path = _safe_parent(final, root)
+    if source is not None:
+        source = Path(source).resolve()
+        if _inside(path, source) or _inside(source, path):
+            raise UserError(f"{final}: is {source} or lies inside or around it; give a folder of its own")
+    return path
+
+
+def _kinds(folder):
+    """{(depth, suffix)} of folder's files: what a writer writes there, e.g. {(1, '.png')}, {(2, '.json')}."""
+    return {(len(p.relative_to(folder).parts), p.suffix) for p in folder.rglob("*") if p.is_file()}
+
+
+def _foreign(final, new):
+    """The first entry of the existing folder final that its writer, about to put new's files there, would
+    not have written (a link, a device, a file of another kind or depth); None when it holds only such.
+    new=None: links and devices only (checked before writing, so that a report's three folders are not
+    replaced one by one up to the one refused)."""
+    kinds = _kinds(new) if new is not None else None
+    cache = Path(".dvc/cache").resolve()  # DVC's `cache.type: symlink` checks files out as links into it
+    for p in sorted(final.rglob("*")):
+        if p.is_symlink() and not (p.is_file() and cache in p.resolve().parents):
+            return p
+        if not (p.is_file() or p.is_dir()):
+            return p
+        if kinds is not None and p.is_file() and (len(p.relative_to(final).parts), p.suffix) not in kinds:
+            return p
+    return None
+
+
+def _replaceable(final, new, name):
+    """Refuses replacing final (named name in messages) by the folder new unless final is absent or a folder
+    of what its writer writes (new None: of regular files and folders only)."""
+    if final.is_symlink():  # made a link after safe_target (a race): never followed
+        raise UserError(f"{name}: a symbolic link; remove the link (its target is never written through)")
+    if final.exists() and not final.is_dir():
+        raise UserError(f"{name}: exists and is not a folder; move it away, then run this again")
+    if final.is_dir() and (p := _foreign(final, new)) is not None:
+        raise UserError(
+            f"{name}: an existing folder this writer did not write (it holds {p.relative_to(final)}); "
+            f"move it away or give another folder"
+        )
+
+
 @contextlib.contextmanager
-def atomic_path(final, directory=False):
-    """Yields a temporary path in final's folder; on success it replaces final, on failure it is removed."""
-    final = Path(final)
+def atomic_path(final, directory=False, root=None):
+    """Yields a temporary path in final's folder; on success it replaces final, on failure it is removed. A
+    folder (directory=True) is first checked by safe_target (root: the project's root, default the working
+    directory), and an existing one is replaced only if it holds what this writer writes (_replaceable). A
+    file given by a relative path (every stage's) must lie in a folder of the project reached without a link;
+    a symlink at the file's own path is replaced, never written through."""
+    name, final = final, safe_target(final, root) if directory else Path(final)
+    if not directory and not final.is_absolute():  # a stage's file: its folder inside the project, no link
+        _safe_parent(final, Path(root or os.getcwd()).resolve())
+    if directory:
+        _replaceable(final, None, name)
     final.parent.mkdir(parents=True, exist_ok=True)
     remove_stale(final)
     tmp = temporary(final)
     os.chmod(tmp, 0o755)  # mkdtemp's 0700 would make a finished output folder private
-    target = tmp if directory else tmp / final.name
+    target = tmp / final.name
+    if directory:
+        target.mkdir()
     try:
         yield target
-        if directory and final.exists():
-            shutil.rmtree(final)
+        if directory:
+            _replaceable(final, target, name)
+            if final.exists():
+                os.replace(final, tmp / ".old")  # out of the way in one rename, removed with tmp below
         os.replace(target, final)
     finally:
         discard(tmp)
@@ -92,4 +181,4 @@ def write_json(path, obj):
     e.g. the seconds per epoch of a variant whose every run diverged in its first epoch)."""
     plain = _finite(json.loads(json.dumps(obj, default=lambda o: o.item())))
     with atomic_path(path) as tmp:
-        tmp.write_text(json.dumps(plain, indent=2, allow_nan=False) + "\n")
+        tmp.write_text(json.dumps(plain, indent=2, allow_nan=False) + "\n", encoding="utf-8")

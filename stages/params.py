@@ -16,16 +16,19 @@ from pathlib import Path
 from ruamel.yaml import YAML, YAMLError
 from ruamel.yaml.events import AliasEvent
 
+from stages.backend import BACKENDS
 from stages.cli import UserError, cli
 from stages.datasets import DATASETS, TRAIN_IMAGES, num_classes, official_split, split_error
 from stages.schedules import SCHEDULES
 
 PARAMS = Path("params.yaml")
 CHECKED = Path("data/params.ok")  # the check stage's output: every later stage runs after the check
-BACKENDS = ("tensorflow", "jax")  # Keras backends that train and evaluate run on
 NAME = re.compile(r"[a-z][a-z0-9_]{0,31}")  # what may appear in a stage name, a path or a shell command
 SEED_MAX = 2**32 - 1  # NumPy's and Keras' seeds are 32-bit
 EVALUATE_BATCH_MAX = 1000  # images per inference batch: ~1.8 GB of activations at width 1
+EPOCHS_MAX = 10_000  # passes over the training images (the paper: 350); more is a typo, or years on a GPU
+PARAMS_MAX = 1 << 20  # bytes of params.yaml read at most (it holds ~3 KB): /dev/zero is refused, not read
+LOCK = Path("dvc.lock")
 _SHORT = reprlib.Repr()  # keyword arguments only from Python 3.12
 _SHORT.maxstring = _SHORT.maxother = 160
 _SHORT.maxlist = _SHORT.maxdict = 6
@@ -174,8 +177,8 @@ SCHEMA = {
     },
     "train": {
         "seed": _int(0, SEED_MAX),
-        "epochs": _int(1),
-        "batch_size": _int(1),
+        "epochs": _int(1, EPOCHS_MAX),
+        "batch_size": _int(1, TRAIN_IMAGES),
         "optimizer": _one_of("sgd", "adam"),
         "learning_rate": _num(0, 100, lo_open=True),
         "momentum": _num(0, 0.999),
@@ -186,9 +189,9 @@ SCHEMA = {
         "augment": _bool,
         "precision": _one_of("auto", "float32", "mixed_bfloat16", "mixed_float16"),
         "backend": _one_of(*BACKENDS),
-        "limit": _optional(_int(1)),
-        "validation": _int(0),
-        "probe_images": _int(1),
+        "limit": _optional(_int(1, TRAIN_IMAGES)),
+        "validation": _int(0, TRAIN_IMAGES),
+        "probe_images": _int(1, TRAIN_IMAGES),
     },
     "evaluate": {"batch_size": _int(1, EVALUATE_BATCH_MAX)},
 }
@@ -204,7 +207,10 @@ def _validate(schema, values, prefix, errors):
         if key not in schema:
             close = difflib.get_close_matches(str(key)[:100], list(schema), n=1)
             hint = f"did you mean {prefix}{close[0]}?" if close else "allowed: " + ", ".join(schema)
-            name = key if isinstance(key, str) and len(key) <= 60 and key.isprintable() else shown(key)
+            # a lookalike (Cyrillic а in trаin) shows as its escape, 'tr\u0430in': printed as is, it reads
+            # as the very key the hint suggests
+            plain = isinstance(key, str) and len(key) <= 60 and key.isascii() and key.isprintable()
+            name = key if plain else shown(key).encode("ascii", "backslashreplace").decode()
             errors.append(f"{prefix}{name}: unknown key; {hint}")
     for key, check in schema.items():
         if key not in values:
@@ -239,11 +245,11 @@ def _split_error(params, dataset):
 def parse(path=PARAMS):
     """params.yaml read exactly as DVC reads it (ruamel.yaml, YAML 1.2), so that every value the check passes
     is the value DVC hands the stages: `off`, `yes` and `1:00` are strings here, as they are to DVC (PyYAML's
-    YAML 1.1 would read False, True and 60)."""
+    YAML 1.1 would read False, True and 60). At most PARAMS_MAX bytes of UTF-8 are read."""
     try:
-        text = Path(path).read_text()
+        text = read_utf8(path)
         _without_aliases(path, text)
-        return YAML(typ="safe").load(text)
+        params = YAML(typ="safe").load(text)
     except (OSError, YAMLError) as e:
         mark = getattr(e, "problem_mark", None)  # one line: the YAML library's own message spans several
         raise UserError(
@@ -254,12 +260,54 @@ def parse(path=PARAMS):
                 else f"{' '.join(str(e).split())})"
             )
         ) from None
+    return params
+
+
+def read_utf8(path, most=PARAMS_MAX):
+    """The UTF-8 text of a YAML file, at most `most` bytes of it read (a link to /dev/zero, or a huge file, is
+    one line in a fraction of a second); anything else is a UserError naming the byte."""
+    with open(path, "rb") as f:
+        raw = f.read(most + 1)
+    if len(raw) > most:
+        raise UserError(
+            f"{path}: more than {most >> 20} MiB (params.yaml holds a few KB: is it the right file, or a "
+            f"link to a device?); restore it with `git checkout {path}`"
+        )
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = raw[: e.start].count(b"\n") + 1
+        raise UserError(
+            f"{path}: line {line}: byte 0x{raw[e.start]:02x} is not UTF-8 (saved as Latin-1?); save the file "
+            f"as UTF-8"
+        ) from None
+
+
+def _unchanged_since_the_check(path, params):
+    """Under DVC, refuses params.yaml when it differs from what the check stage of this run validated, which
+    DVC recorded in dvc.lock before it ran any later stage: a second `dvc exp run -S …` in the same workspace
+    rewrites params.yaml while the first one runs (it fails on DVC's lock only afterwards), and the first
+    then trained with the second's values while its dvc.lock recorded its own."""
+    stage = os.environ.get("DVC_STAGE")
+    if not stage or stage == "check" or Path(path) != PARAMS or not LOCK.is_file():
+        return
+    try:
+        lock = YAML(typ="safe").load(read_utf8(LOCK, 16 * PARAMS_MAX))
+        checked = lock["stages"]["check"]["params"][str(PARAMS)]
+    except (YAMLError, UserError, KeyError, TypeError):
+        return  # no check recorded (yet): nothing to compare with
+    if checked != params:
+        raise UserError(
+            f"{path}: changed since the check validated it (another `dvc exp run` in this workspace, or an "
+            f"edit during the run?); nothing was run on it: run `dvc exp run` or `dvc repro` again (without "
+            f"-s: the check runs first), one at a time per workspace (`dvc exp run --queue` for several)"
+        )
 
 
 def _without_aliases(path, text):
     """Refuses YAML aliases (*name) before anything expands them: nine nested aliases of nine items each are
-    387 million values from a file of a few hundred bytes (a check grew past 1.3 GB, DVC's own reading to 5.4
-    GB)."""
+    387 million values from a file of a few hundred bytes (a check grew past 1.3 GB, DVC's own reading to
+    5.4 GB)."""
     for event in YAML(typ="safe").parse(text):  # events only: nothing is built, nothing expanded
         if isinstance(event, AliasEvent):
             mark = event.start_mark
@@ -271,7 +319,8 @@ def _without_aliases(path, text):
 
 
 def load(path=PARAMS):
-    """params.yaml as a dict, after every check has passed; Keras' backend is then train.backend."""
+    """params.yaml as a dict, after every check has passed (under DVC: and it is what the check stage
+    validated); Keras' backend is then train.backend."""
     params = parse(path)
     train = params.get("train") if isinstance(params, dict) else None
     backend = train.get("backend") if isinstance(train, dict) else None
@@ -282,6 +331,7 @@ def load(path=PARAMS):
     errors = validate(params if params is not None else {})
     if errors:
         raise UserError(f"{path}: " + f"\nerror: {path}: ".join(errors))
+    _unchanged_since_the_check(path, params)
     return params
 
 
@@ -311,6 +361,7 @@ def data_params(dataset):
     _validate(SCHEMA["data"], params.get("data") if isinstance(params, dict) else None, "data.", errors)
     if errors:
         raise UserError(f"{PARAMS}: " + f"\nerror: {PARAMS}: ".join(errors))
+    _unchanged_since_the_check(PARAMS, params)
     return params["data"][dataset]
 
 
@@ -319,7 +370,7 @@ def main():
     from stages.outputs import atomic_path
 
     with atomic_path(CHECKED) as tmp:  # constant content: later stages depend on the check, not on its text
-        tmp.write_text("params.yaml passed stages/params.py\n")
+        tmp.write_text("params.yaml passed stages/params.py\n", encoding="utf-8")
     n = (
         len(params["grid"]["dataset"])
         * len(params["grid"]["activation"])

@@ -128,7 +128,7 @@ def main():
     with atomic_path(PREPARED / dataset, directory=True) as out:
         for split, (x, y) in splits.items():
             np.savez(out / f"{split}.npz", x=x, y=y)
-        (out / "classes.json").write_text(json.dumps(classes, indent=1) + "\n")
+        (out / "classes.json").write_text(json.dumps(classes, indent=1) + "\n", encoding="utf-8")
     counts = {s: np.bincount(y, minlength=len(classes)) for s, (_, y) in splits.items()}
     print(
         f"prepare@{dataset}: {len(splits['train'][1])} train, {len(splits['test'][1])} test images, "

@@ -634,7 +634,7 @@ def main():
                 + ("" if tau is None else f" (Kendall's tau against the write-up's order: {tau:+.2f})")
             )
     with atomic_path(REPORT) as tmp:
-        tmp.write_text("\n".join(md))
+        tmp.write_text("\n".join(md), encoding="utf-8")
     write_json("metrics/summary.json", summary)
 
 

@@ -29,7 +29,9 @@ def main():
     dataset = dataset_argument(parser)
     cfg = data_params(dataset)
     with atomic_path(SOURCE / f"{dataset}.json") as tmp:
-        tmp.write_text(json.dumps(stamp(cfg["url"], cfg["md5"], f"data.{dataset}"), indent=1) + "\n")
+        tmp.write_text(
+            json.dumps(stamp(cfg["url"], cfg["md5"], f"data.{dataset}"), indent=1) + "\n", encoding="utf-8"
+        )
 
 
 if __name__ == "__main__":

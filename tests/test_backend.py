@@ -3,8 +3,12 @@
 
 import pytest
 
-from stages.backend import choose_precision, cpu_has_bf16, parse_nvidia_smi, unused_gpu_warning
+from stages import backend
+from stages.backend import BACKENDS, choose_precision, cpu_has_bf16, parse_nvidia_smi, unused_gpu_warning
+from stages.cli import UserError
+from stages.params import validate
 from tests.conftest import ENV, run_stage, set_params
+from tests.test_params import BASE, changed
 from tests.test_prepare import TF_LOG
 
 KEY = "cifar10-relu-False-0"
@@ -77,3 +81,24 @@ def test_backend_mismatch_is_one_line_from_every_stage_that_reads_it(project, mo
         "unset KERAS_BACKEND, or set the param: dvc exp run -S train.backend=tensorflow"
     ], err
     assert status == 2 and seconds < 30
+
+
+@pytest.mark.parametrize("env", ["torch", "numpy", "tensorflow\u0430"])
+def test_an_environment_backend_the_project_cannot_use_suggests_only_what_it_accepts(monkeypatch, env):
+    monkeypatch.setenv("KERAS_BACKEND", env)
+    with pytest.raises(UserError) as e:
+        backend.select("tensorflow")
+    message = str(e.value)
+    assert message == (
+        f"params.yaml: train.backend = 'tensorflow' but the environment has KERAS_BACKEND={ascii(env)}; "
+        f"unset KERAS_BACKEND (this project trains on tensorflow or jax, set by train.backend)"
+    )
+    assert "-S train.backend" not in message and message.isascii()
+    assert validate(changed("train.backend", env, BASE)) != []  # what it no longer suggests: refused
+
+
+def test_an_accepted_environment_backend_still_suggests_the_param(monkeypatch):
+    monkeypatch.setenv("KERAS_BACKEND", "jax")
+    with pytest.raises(UserError, match="or set the param: dvc exp run -S train.backend=jax$"):
+        backend.select("tensorflow")
+    assert "jax" in BACKENDS and validate(changed("train.backend", "jax", BASE)) == []

@@ -29,6 +29,12 @@ def build():
     return model
 
 
+@pytest.fixture(autouse=True)
+def in_the_project(tmp_path, monkeypatch):
+    """The working directory: the project whose folders a checkpoint may be written in."""
+    monkeypatch.chdir(tmp_path)
+
+
 @pytest.fixture
 def two_epochs(tmp_path):
     """checkpoints/…/epoch-0001 and epoch-0002 of a model trained STEPS steps per epoch; and that model."""
@@ -130,3 +136,89 @@ def test_checkpoint_of_another_configuration_is_discarded(two_epochs, change):
     model, start, history = checkpoint.resume(ckpt, fingerprint, build, STEPS)
     assert (start, history) == (0, []) and same(model, build())
     assert not list(ckpt.glob("epoch-*"))  # never resumed from, so removed
+
+
+# --- issue 21: what a power cut or a hand leaves in checkpoints/ never fails every rerun ------------------
+
+
+def set_aside_line(out, path):
+    lines = [line for line in out.splitlines() if line.startswith("warning: ")]
+    assert len(lines) == 1 and lines[0].startswith(f"warning: {path}"), out
+    assert lines[0].endswith(f"(set aside as {path.parent / ('damaged-' + path.name)})"), out
+    return lines[0]
+
+
+@pytest.mark.parametrize("kind", ["empty", "garbage", "folder", "deep", "latin-1"])
+def test_an_unreadable_config_is_set_aside_and_training_starts_over(two_epochs, capsys, kind):
+    """Was: a JSONDecodeError / IsADirectoryError / RecursionError traceback on every rerun, until the file
+    was deleted by hand (an empty config.json is what a power cut leaves)."""
+    ckpt, _ = two_epochs
+    config = ckpt / "config.json"
+    config.unlink()
+    if kind == "folder":
+        config.mkdir()
+    else:
+        config.write_bytes(
+            {"empty": b"", "garbage": b"\x00\xff{not json", "deep": b"[" * 100_000 + b"]" * 100_000}.get(
+                kind, b'{"dataset": "caf\xe9"}'
+            )
+        )
+    capsys.readouterr()
+    for run in range(2):  # and the next run finds a clean start
+        model, start, history = checkpoint.resume(ckpt, FINGERPRINT, build, STEPS)
+        assert (start, history) == (0, []) and same(model, build())
+        assert json.loads((ckpt / "config.json").read_text()) == FINGERPRINT
+        out = capsys.readouterr().out
+        if run == 0:
+            assert f"warning: {config}: unreadable (" in set_aside_line(out, ckpt)
+        else:
+            assert "warning" not in out
+    assert (ckpt.parent / "damaged-c" / "epoch-0002").is_dir()  # kept aside, not deleted
+
+
+def test_a_history_100_000_levels_deep_is_set_aside(two_epochs, capsys):
+    ckpt, _ = two_epochs
+    (ckpt / "epoch-0002/history.json").write_text("[" * 100_000 + "]" * 100_000)
+    one = build()
+    one.load_weights(ckpt / "epoch-0001/model.weights.h5")
+    capsys.readouterr()
+    model, start, history = checkpoint.resume(ckpt, FINGERPRINT, build, STEPS)
+    assert (start, len(history)) == (1, 1) and same(model, one)
+    assert "is damaged" in set_aside_line(capsys.readouterr().out, ckpt / "epoch-0002")
+    assert sorted(p.name for p in ckpt.iterdir()) == ["config.json", "damaged-epoch-0002", "epoch-0001"]
+
+
+@pytest.mark.parametrize("where", ["the entry", "its parent", "an epoch"])
+def test_a_symlinked_checkpoint_folder_is_set_aside_and_nothing_outside_is_written(
+    tmp_path, capsys, monkeypatch, where
+):
+    """Was: a symlinked checkpoints/grid/<entry> trained, then failed at the end on every rerun (rmtree
+    refuses a link), after writing its checkpoints into the link's target."""
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "thesis.tex").write_text("mine\n")
+    project = tmp_path / "project"
+    project.mkdir()
+    monkeypatch.chdir(project)
+    ckpt = checkpoint.Path("checkpoints/grid/cifar10-relu-False-0")
+    if where == "the entry":
+        ckpt.parent.mkdir(parents=True)
+        ckpt.symlink_to(outside)
+        linked = ckpt
+    elif where == "its parent":
+        ckpt.parent.parent.mkdir(parents=True)
+        ckpt.parent.symlink_to(outside)
+        linked = ckpt.parent
+    else:
+        checkpoint.resume(ckpt, FINGERPRINT, build, STEPS)
+        (ckpt / "epoch-0001").symlink_to(outside)
+        linked = ckpt / "epoch-0001"
+    capsys.readouterr()
+    model, start, history = checkpoint.resume(ckpt, FINGERPRINT, build, STEPS)
+    assert (start, history) == (0, [])
+    set_aside_line(capsys.readouterr().out, linked)
+    x, y = np.ones((STEPS * 4, 4), "float32"), np.zeros((STEPS * 4, 2), "float32")
+    model.fit(x, y, batch_size=4, epochs=1, shuffle=False, verbose=0)
+    checkpoint.save(ckpt, model, [{"loss": 0.0}])
+    assert (ckpt / "epoch-0001/model.weights.h5").is_file() and not ckpt.is_symlink()
+    assert sorted(p.name for p in outside.iterdir()) == ["thesis.tex"]  # nothing written through the link

@@ -9,10 +9,12 @@ import io
 import lzma
 import os
 import pickle
+import shutil
 import subprocess
 import sys
 import tarfile
 import time
+import zipfile
 
 import numpy as np
 import pytest
@@ -917,3 +919,66 @@ def test_class_names_with_control_characters_are_refused(tmp_path, name):
     line = read_in_child(write_archive(tmp_path / "a.tar.gz", m))[0]
     assert "class name " in line and ("not printable" in line or "longer than 64" in line)
     assert "\x1b" not in line and "\r" not in line and line.endswith("use the official archive")
+
+
+# --- issue 21: the unpickler's work per member, archives of other formats -----------------------------------
+
+
+def test_opcodes_that_amplify_memory_are_refused_within_a_bounded_peak(tmp_path, c10):
+    """Was: 8 M one-byte EMPTY_SET opcodes ahead of data_batch_1's own (+7.6 KB gzipped) built 1.90 GB of
+    sets and passed with md5: null. Now the member is refused once its objects pass 2 x its size + 1 MiB."""
+
+    m = python_members("cifar10", c10)
+    body = m[f"{PY10}/data_batch_1"]
+    assert body[:2] == b"\x80\x02"  # PROTO 2, then the batch's own opcodes
+    m[f"{PY10}/data_batch_1"] = b"\x80\x02" + pickle.EMPTY_SET * 8_000_000 + body[2:]
+    path = write_archive(tmp_path / "a.tar.gz", m)
+    assert path.stat().st_size < 300_000  # the tests' random images, plus ~8 KB for the opcodes
+    line, peak = read_in_child(path)
+    assert f"{PY10}/data_batch_1: not a CIFAR pickle" in line and "refused: it builds more than" in line, line
+    budget = cifar.BUDGET_PER_BYTE * len(m[f"{PY10}/data_batch_1"]) + cifar.BUDGET_BASE
+    size = len(m[f"{PY10}/data_batch_1"])
+    print(f"peak {peak} MB for a {size / 1e6:.0f} MB member, budget {budget / 1e6:.0f} MB")
+    # the child's baseline (72 MB with numpy), the member in its raw, tar and gzip buffers, and its budget
+    assert peak < 72 + 3 * size / 1e6 + budget / 1e6, peak
+
+
+def test_official_sized_batches_stay_well_inside_the_budget():
+    """An official-sized batch (10,000 images and 50,000 for cifar-100's train member, with labels and file
+    names) is charged ~1.3 x its size: the bound refuses no official archive."""
+    rng = np.random.default_rng(0)
+    for n, keys in ((10_000, [b"labels"]), (50_000, [b"fine_labels", b"coarse_labels"])):
+        batch = {
+            b"batch_label": b"training batch 1 of 5",
+            b"data": rng.integers(0, 256, (n, 3072), dtype=np.uint8),
+            b"filenames": [f"some_file_name_{i:06d}.png".encode() for i in range(n)],
+            **{k: [int(x) for x in rng.integers(0, 10, n)] for k in keys},
+        }
+        raw = _pickle(batch)
+        u = cifar._NumpyOnlyUnpickler(raw, encoding="bytes")
+        np.testing.assert_array_equal(u.load()[b"data"], batch[b"data"])
+        assert u.spent < 1.5 * len(raw) < u.budget, (u.spent, len(raw))
+
+
+def zip_archive(tar, out):
+    with zipfile.ZipFile(out, "w") as z:
+        z.write(tar, tar.name)
+
+
+@pytest.mark.parametrize(
+    "kind, pack",
+    [
+        ("a zip", zip_archive),
+        ("a zstd", lambda tar, out: subprocess.run(["zstd", "-q", str(tar), "-o", str(out)], check=True)),
+        ("an lz4", lambda tar, out: subprocess.run(["lz4", "-q", str(tar), str(out)], check=True)),
+    ],
+)
+def test_archives_of_other_formats_are_named_as_what_they_are(tmp_path, c10, kind, pack):
+    """Was: `not a readable tar archive (…); delete it and download it again`, which cannot help."""
+    if kind != "a zip" and shutil.which(kind.split()[1]) is None:
+        pytest.skip(f"no {kind.split()[1]} command here")
+    tar = write_archive(tmp_path / "cifar-10-python.tar", python_members("cifar10", c10), compression=None)
+    pack(tar, tmp_path / "cifar-10-python.tar.gz")
+    message = read_error(tmp_path / "cifar-10-python.tar.gz")
+    assert f"{kind} archive, not a tar; use the official archive" in message, message
+    assert "download it again" not in message

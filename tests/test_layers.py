@@ -118,10 +118,11 @@ def test_parameters_and_layers_are_keras_own_kinds():
     assert sum(int(np.prod(w.shape)) for w in bn.weights) + act.count_params() == 5 * 12
 
 
-def test_training_is_deterministic_and_resumes_bit_identically(tmp_path):
+def test_training_is_deterministic_and_resumes_bit_identically(tmp_path, monkeypatch):
     """Two runs of 4 steps agree bit for bit, and so does one checkpointed after 2 steps by
     stages/checkpoint.py (weights, moving statistics, optimizer and dropout state) and resumed in a fresh
     model."""
+    monkeypatch.chdir(tmp_path)  # checkpoints are outputs: they must lie inside the working directory
     tf.config.experimental.enable_op_determinism()  # as stages.backend.configure sets it for training
     first, second = net(), net()
     train(first, 4), train(second, 4)

@@ -1,5 +1,5 @@
-"""params.yaml is checked before anything else runs: stages/params.py in-process for every kind of bad value,
-then `python -m stages.params` and `dvc repro` as a user runs them, to show that a bad value stops the
+"""params.yaml is checked before anything else runs: stages/params.py in-process for every kind of bad
+value, then `python -m stages.params` and `dvc repro` as a user runs them, to show that a bad value stops the
 pipeline at the check stage, before any download, and that a grid value written to reach a shell never gets
 there."""
 
@@ -92,10 +92,10 @@ def test_unknown_key_without_a_close_match_lists_the_allowed_keys():
     "key, value, allowed",
     [
         # wrong types
-        ("train.epochs", "10", "an integer >= 1"),
-        ("train.epochs", 10.0, "an integer >= 1"),
-        ("train.epochs", True, "an integer >= 1"),  # YAML's true is not 1
-        ("train.batch_size", 32.5, "an integer >= 1"),
+        ("train.epochs", "10", "an integer in [1, 10000]"),
+        ("train.epochs", 10.0, "an integer in [1, 10000]"),
+        ("train.epochs", True, "an integer in [1, 10000]"),  # YAML's true is not 1
+        ("train.batch_size", 32.5, "an integer in [1, 50000]"),
         ("train.learning_rate", "0.1", "a number in (0, 100]"),
         ("train.learning_rate", None, "a number in (0, 100]"),
         ("train.momentum", [0.9], "a number in [0, 0.999]"),
@@ -123,11 +123,19 @@ def test_unknown_key_without_a_close_match_lists_the_allowed_keys():
         ("data.cifar100.labels", "superclass", "one of fine, coarse"),
         ("evaluate", 500, "a mapping of batch_size"),
         # zero, negative and out-of-range sizes
-        ("train.epochs", 0, "an integer >= 1"),
-        ("train.batch_size", -1, "an integer >= 1"),
-        ("train.probe_images", 0, "an integer >= 1"),
-        ("train.limit", 0, "an integer >= 1"),
-        ("train.validation", -10, "an integer >= 0"),
+        ("train.epochs", 0, "an integer in [1, 10000]"),
+        ("train.batch_size", -1, "an integer in [1, 50000]"),
+        ("train.probe_images", 0, "an integer in [1, 50000]"),
+        ("train.limit", 0, "an integer in [1, 50000]"),
+        ("train.validation", -10, "an integer in [0, 50000]"),
+        # absurd sizes once passed the check and failed in TensorFlow (train.epochs: 1e20 as an integer)
+        ("train.epochs", 10**20, "an integer in [1, 10000]"),
+        ("train.epochs", 1e20, "an integer in [1, 10000]"),
+        ("train.batch_size", 2**63, "an integer in [1, 50000]"),
+        ("train.probe_images", 10**9, "an integer in [1, 50000]"),
+        ("train.limit", 10**12, "an integer in [1, 50000]"),
+        ("model.width", float("inf"), "a number in (0, 16]"),
+        ("train.learning_rate", 1e308, "a number in (0, 100]"),
         ("train.seed", -1, "an integer in [0, 4294967295]"),
         ("evaluate.batch_size", 0, "an integer in [1, 1000]"),
         ("model.width", 0, "a number in (0, 16]"),
@@ -300,11 +308,11 @@ def test_check_command_exits_2_and_writes_nothing(tmp_path):
     status, out, errors = check(tmp_path)
     assert status == 2 and out == ""
     assert errors == [
-        "error: params.yaml: activation = 'relu; touch pwned': must be a lower-case name of letters, "
-        "digits and _ (it becomes part of stage names and paths)",
+        "error: params.yaml: activation = 'relu; touch pwned': must be a lower-case name of letters, digits "
+        "and _ (it becomes part of stage names and paths)",
         "error: params.yaml: grid.datset: unknown key; did you mean grid.dataset?",
         "error: params.yaml: grid.dataset: missing; see the README's params.yaml section",
-        "error: params.yaml: train.batch_size = 0: must be an integer >= 1",
+        "error: params.yaml: train.batch_size = 0: must be an integer in [1, 50000]",
     ]
     assert not (tmp_path / "data").exists() and not (tmp_path / "pwned").exists()
 
@@ -489,3 +497,125 @@ def test_validation_is_taken_before_the_limit():
     hold-out."""
     assert validate(changed("train.limit", 4000, changed("train.validation", 5000))) == []
     assert validate(changed("model.width", 0.006)) == []
+
+
+# --- issue 21: what params.yaml's reading must survive -----------------------------------------------------
+
+PEAK = """
+import runpy, sys
+sys.argv = ["stages.params"]
+try:
+    runpy.run_module("stages.params", run_name="__main__")
+finally:  # VmHWM: this process image's own peak (ru_maxrss keeps the forking parent's across exec)
+    print(next(int(l.split()[1]) for l in open("/proc/self/status") if l.startswith("VmHWM:")) // 1024)
+"""
+
+
+def check_in_child(repo):
+    """(exit status, stderr lines, peak resident MB) of `python -m stages.params` in repo, in a fresh process
+    (its VmHWM)."""
+    p = subprocess.run(
+        [sys.executable, "-c", PEAK],
+        cwd=repo,
+        env={**ENV, "PYTHONPATH": str(repo)},
+        text=True,
+        capture_output=True,
+        timeout=120,
+    )
+    return p.returncode, p.stderr.strip().splitlines(), int(p.stdout.split()[-1])
+
+
+@pytest.fixture
+def bare(tmp_path):
+    shutil.copytree(ROOT / "stages", tmp_path / "stages", ignore=shutil.ignore_patterns("__pycache__"))
+    return tmp_path
+
+
+@pytest.mark.parametrize("kind", ["/dev/zero", "huge"])
+def test_a_params_yaml_that_never_ends_is_one_line_in_bounded_memory(bare, kind):
+    """Was: `params.yaml -> /dev/zero` read 3.4 GB, then a MemoryError traceback (`dvc status` too: DVC's own
+    reading, which this project cannot bound)."""
+    if kind == "/dev/zero":
+        (bare / "params.yaml").symlink_to("/dev/zero")
+    else:  # a valid params.yaml followed by 64 MB of comments
+        (bare / "params.yaml").write_text(yaml.safe_dump(BASE) + ("# " + "x" * 1000 + "\n") * 64_000)
+    status, lines, peak = check_in_child(bare)
+    assert status == 2 and lines == [
+        "error: params.yaml: more than 1 MiB (params.yaml holds a few KB: is it the right file, or a link "
+        "to a device?); restore it with `git checkout params.yaml`"
+    ], lines
+    print(f"{kind}: peak {peak} MB")
+    assert peak < 150, peak  # the interpreter and ruamel.yaml (~40 MB), the 1 MiB read
+    assert not (bare / "data").exists()
+
+
+def test_a_latin_1_byte_is_one_line_naming_its_line(bare):
+    """Was: a 22-line UnicodeDecodeError traceback."""
+    text = yaml.safe_dump(BASE).replace("activation: relu", "activation: relu  # caf\xe9", 1)
+    (bare / "params.yaml").write_bytes(text.encode("latin-1"))
+    line = text[: text.index("caf")].count("\n") + 1
+    status, lines, _ = check_in_child(bare)
+    assert status == 2 and lines == [
+        f"error: params.yaml: line {line}: byte 0xe9 is not UTF-8 (saved as Latin-1?); save the file as UTF-8"
+    ], lines
+
+
+def test_a_lookalike_key_is_echoed_escaped():
+    """Was: `trаin: unknown key; did you mean train?` with a Cyrillic а: the key looked like the hint."""
+    params = copy.deepcopy(BASE)
+    params["tr\u0430in"] = params.pop("train")
+    errors = validate(params)
+    assert errors[0] == "'tr\\u0430in': unknown key; did you mean train?", errors
+    assert all(e.isascii() for e in errors)
+
+
+CHANGED = "error: params.yaml: changed since the check validated it (another `dvc exp run` in this workspace"
+
+
+@pytest.mark.e2e
+def test_a_stage_refuses_params_changed_since_the_check(project):
+    """What a second `dvc exp run -S train.epochs=5` does to a first one running in the same workspace: it
+    writes params.yaml after the first's check passed. Every later stage compares the params.yaml it reads
+    with what dvc.lock records the check validated, and refuses a difference in one line."""
+    dvc("repro", "check", "prepare@cifar10", cwd=project)
+    lock = yaml.safe_load((project / "dvc.lock").read_text())
+    assert lock["stages"]["check"]["params"]["params.yaml"]["train"]["epochs"] == 2
+    set_params(project, train={"epochs": 5})
+    for stage in ("source@cifar10", "train@cifar10-relu-False-0"):
+        p = dvc("repro", "-s", stage, cwd=project, check=False)
+        errors = [line for line in p.stdout.splitlines() if line.startswith("error: ")]
+        assert p.returncode != 0 and len(errors) == 1 and errors[0].startswith(CHANGED), p.stdout[-3000:]
+    assert not (project / "models").exists() and not (project / "checkpoints").exists()
+    # the check run again (dvc repro without -s): the new params are what it validated
+    assert "Running stage 'check'" in dvc("repro", "source@cifar10", cwd=project).stdout
+
+
+@pytest.mark.e2e
+def test_two_dvc_exp_runs_at_once_never_train_a_mix(project):
+    """Was: the second failed on DVC's lock after writing its -S into params.yaml; the first trained every
+    grid model for 5 epochs while its dvc.lock recorded 2. Now the first stops at its next stage, in one
+    line."""
+    first = subprocess.Popen(
+        [sys.executable, "-m", "dvc", "exp", "run"],
+        cwd=project,
+        env=ENV,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    lock = project / "dvc.lock"
+    for _ in range(600):  # until the first run's check is recorded
+        if lock.is_file() and "check" in (yaml.safe_load(lock.read_text()) or {}).get("stages", {}):
+            break
+        subprocess.run(["sleep", "0.2"])
+    second = dvc("exp", "run", "-S", "train.epochs=5", cwd=project, check=False)
+    out = first.communicate(timeout=900)[0]
+    # the first stops: at its next stage, in our line, or, when the second held DVC's lock at that moment,
+    # on DVC's own lock (before the stage ran); both never train on the second's params
+    assert first.returncode != 0, out[-3000:]
+    assert CHANGED in out or "Unable to acquire lock" in out, out[-3000:]
+    checked = yaml.safe_load((project / "dvc.lock").read_text())["stages"]["check"]["params"]["params.yaml"]
+    trained = [yaml.safe_load(p.read_text()) for p in (project / "models").rglob("*.json")]
+    # whatever trained, trained on what the check of its own run validated
+    assert all(t["epochs"] == checked["train"]["epochs"] for t in trained), (trained, checked["train"])
+    print(f"first: {'refused' if CHANGED in out else 'DVC lock'}; second exit {second.returncode}")
