@@ -239,10 +239,10 @@ def write_ranking(folder, ds, s):
                 "rank": r["rank"],
                 "seeds": r.n,
                 "test_error": r.test_error_mean,
-                "test_error_lower": r.test_error_ci_low,
-                "test_error_upper": r.test_error_ci_high,
+                "ci_low": r.test_error_ci_low,
+                "ci_high": r.test_error_ci_high,
             },
-        )  # mean test error and its LEVEL interval; DVC sorts the columns by name
+        )  # mean test error and its LEVEL interval; DVC sorts the columns by name (ci_high first)
 
 
 def write_curves(path, inputs):
