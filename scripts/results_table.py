@@ -3,9 +3,9 @@
     python scripts/results_table.py docs/results/cifar10-cpu cifar10
 
 tests/test_results.py checks every table the README marks `<!-- results: <folder>, <dataset> -->` against the
-file, so a number in the README is the number in the run's files. The table is stages.tables' renderer, the one
-report.md uses. A run of one seed per variant gets a table without spread or intervals over seeds, and a line
-saying that it cannot rank; a folder without the report's summary gets one line naming what to run.
+file, so a number in the README is the number in the run's files. The table is stages.tables' renderer, the
+one report.md uses. A run of one seed per variant gets a table without spread or intervals over seeds, and a
+line saying that it cannot rank; a folder without the report's summary gets one line naming what to run.
 """
 
 import json

@@ -43,7 +43,8 @@ def style(activation, batch_norm, activations):
 
 
 def legend_outside(ax, title="solid: with BN, dashed: without", **kw):
-    """The legend to the right of ax, outside it, where it covers no data (save()'s tight layout makes room)."""
+    """The legend to the right of ax, outside it, where it covers no data (save()'s tight layout makes
+    room)."""
     ax.legend(
         fontsize=9,
         title=title,

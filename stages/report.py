@@ -1,4 +1,5 @@
-"""report: rank the grid's variants per dataset, say which neighbours the data can tell apart, BN's cost, bias shift.
+"""report: rank the grid's variants per dataset, say which neighbours the data can tell apart, BN's cost, bias
+shift.
 
 Reads only the entries in the current params.yaml grid (old files of removed entries are ignored), each file
 checked first (stages/report_inputs.py). Outputs: metrics/summary.json; reports/report.md, a table a person
@@ -56,7 +57,8 @@ def schedule_words(t):
 
 
 def configuration(params, d):
-    """What produced the numbers, in one line: a figure or table without it cannot be compared with another."""
+    """What produced the numbers, in one line: a figure or table without it cannot be compared with
+    another."""
     t = params["train"]
 
     def values(col, fmt="{}"):  # the models' own record; several values are listed, absent ones said so
@@ -227,9 +229,9 @@ def terminal_line(rep):
 
 
 def write_ranking(folder, ds, s):
-    """One small flat file per variant, so that `dvc metrics show metrics/rank` prints the ranking as a table a
-    terminal holds: a row per variant in rank order (its path names dataset, rank and variant), five columns.
-    No key is named `error`: DVC reports a metrics file with one as failed to load."""
+    """One small flat file per variant, so that `dvc metrics show metrics/rank` prints the ranking as a table
+    a terminal holds: a row per variant in rank order (its path names dataset, rank and variant), five
+    columns. No key is named `error`: DVC reports a metrics file with one as failed to load."""
     (folder / ds).mkdir()
     digits = len(str(len(s)))  # 01-... from 10 variants on: the rows sort in rank order
     for v, r in s.iterrows():

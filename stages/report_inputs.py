@@ -1,5 +1,6 @@
-"""What the report reads, checked as the archive reader checks an archive: the files train and evaluate wrote for
-each grid entry, against the schema those stages write, before any number reaches a table, a figure or Vega.
+"""What the report reads, checked as the archive reader checks an archive: the files train and evaluate wrote
+for each grid entry, against the schema those stages write, before any number reaches a table, a figure or
+Vega.
 
 Per entry: metrics/grid/<key>.json (test error, loss, timings), results/grid/<key>.json (classes, confusion
 matrix, every test image's label and prediction), models/grid/<key>.json (training images, precision, backend)

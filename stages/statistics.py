@@ -1,8 +1,9 @@
-"""The report's statistics, pure: from one dataset's rows (one per trained model) to its ranking, intervals, tests
-of neighbours, BN's cost, agreement with the write-up and what the run's size lets it claim.
+"""The report's statistics, pure: from one dataset's rows (one per trained model) to its ranking, intervals,
+tests of neighbours, BN's cost, agreement with the write-up and what the run's size lets it claim.
 
 No file, figure or text here (stages/report.py reads and writes, stages/figures.py draws, stages/tables.py
-renders): every function takes frames and arrays and returns numbers, so tests check it on hand-computed cases.
+renders): every function takes frames and arrays and returns numbers, so tests check it on hand-computed
+cases.
 """
 
 import itertools
@@ -82,7 +83,8 @@ def paired_tests(df, ranking):
 
 
 def mcnemar_exact(right_a, right_b):
-    """McNemar's exact test: of the test images exactly one of the two models got right, is the split 50:50?"""
+    """McNemar's exact test: of the test images exactly one of the two models got right, is the split
+    50:50?"""
     only_a, only_b = int(np.sum(right_a & ~right_b)), int(np.sum(~right_a & right_b))
     p = stats.binomtest(only_a, only_a + only_b, 0.5).pvalue if only_a + only_b else 1.0
     return {
@@ -94,8 +96,8 @@ def mcnemar_exact(right_a, right_b):
 
 
 def per_seed_mcnemar(right_a, right_b):
-    """McNemar's p of a against b on each seed both have per-image results for ({seed: p}; right_*: {seed: bool
-    array}), and whether a got more of the discordant test images right on every one of them."""
+    """McNemar's p of a against b on each seed both have per-image results for ({seed: p}; right_*: {seed:
+    bool array}), and whether a got more of the discordant test images right on every one of them."""
     tests = {s: mcnemar_exact(right_a[s], right_b[s]) for s in sorted(set(right_a) & set(right_b))}
     same_way = bool(tests) and all(t["only_better_right"] > t["only_worse_right"] for t in tests.values())
     return {s: t["p"] for s, t in tests.items()}, same_way
@@ -192,8 +194,8 @@ def bn_cost(s):
 
 def claims(df, all_train_images):
     """What this run's size lets it claim: {"can_rank": bool, "reasons": [...]}. It ranks only with every
-    training image (all_train_images: the split less validation), RANKING_EPOCHS epochs and RANKING_SEEDS seeds
-    per variant; below that its order is the order of these models, not a finding about the variants."""
+    training image (all_train_images: the split less validation), RANKING_EPOCHS epochs and RANKING_SEEDS
+    seeds per variant; below that its order is the order of these models, not a finding about the variants."""
     reasons = []
     images, epochs = int(df.train_images.min()), int(df.epochs.min())
     seeds = int(df.groupby("variant").size().min())
@@ -207,9 +209,10 @@ def claims(df, all_train_images):
 
 
 def agreement(ds, s):
-    """Does this run reproduce the write-up? Kendall's tau between its ranking and this run's over the variants
-    both have (1: the same order, -1: reversed, ~0: unrelated), the pairs ordered alike, and the write-up's test
-    errors beside this run's intervals. Dicts and strings only, so `dvc metrics show` keeps them."""
+    """Does this run reproduce the write-up? Kendall's tau between its ranking and this run's over the
+    variants both have (1: the same order, -1: reversed, ~0: unrelated), the pairs ordered alike, and the
+    write-up's test errors beside this run's intervals. Dicts and strings only, so `dvc metrics show` keeps
+    them."""
     ref, out = WRITE_UP.get(ds, {}), {}
     common = [v for v in ref.get("ranking", []) if v in s.index]
     if len(common) >= 2:

@@ -1,6 +1,6 @@
-"""The ranked table of a study, rendered from one dataset's summary (metrics/summary.json's <dataset> entry, the
-report's published output): the one renderer of report.md's table, the README's (scripts/results_table.py) and
-the GPU study's. Pure text from dicts: no file, no figure.
+"""The ranked table of a study, rendered from one dataset's summary (metrics/summary.json's <dataset> entry,
+the report's published output): the one renderer of report.md's table, the README's (scripts/results_table.py)
+and the GPU study's. Pure text from dicts: no file, no figure.
 
     from stages.tables import ranked_table, README
     print("\n".join(ranked_table(json.load(open("metrics/summary.json"))["cifar10"], README, compact=True)))
@@ -67,8 +67,9 @@ README = ("rank", "variant", "error", "interval", "apart", "seconds")
 
 
 def ranked_table(summary, columns=REPORT, compact=False):
-    """Markdown lines of the variants of summary (a dataset's entry of metrics/summary.json) in rank order, one
-    column per name in columns (COLUMNS); compact: errors to 3 decimals and whole seconds (else 4 and 1)."""
+    """Markdown lines of the variants of summary (a dataset's entry of metrics/summary.json) in rank order,
+    one column per name in columns (COLUMNS); compact: errors to 3 decimals and whole seconds (else 4 and
+    1)."""
     variants = sorted(({**v, "name": k} for k, v in summary["variants"].items()), key=lambda v: v["rank"])
     below = {t["better"]: t for t in summary.get("neighbours", {}).values()}
     ns = sorted({v["n"] for v in variants})

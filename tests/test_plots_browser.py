@@ -34,13 +34,14 @@ pytestmark = [
 PROBE = """JSON.stringify((() => {
   const images = [...document.images];
   return {ready: document.readyState,
-          drawn: [...document.querySelectorAll('.vega-embed')].filter(d => d.querySelector('svg, canvas')).length,
+          drawn: [...document.querySelectorAll('.vega-embed')]
+                   .filter(d => d.querySelector('svg, canvas')).length,
           images: images.length,
           loaded: images.filter(i => i.complete && i.naturalWidth > 0).length};
 })())"""
 
-# where each plot's block of the page sits: its id, its top edge, the heading DVC gives an image plot (its path)
-# and the right edges of its images
+# where each plot's block of the page sits: its id, its top edge, the heading DVC gives an image plot (its
+# path) and the right edges of its images
 LAYOUT = """JSON.stringify([...document.body.children].filter(d => d.id).map(d => ({
   id: d.id, top: d.getBoundingClientRect().top + window.scrollY,
   heading: d.querySelector(':scope > p') ? d.querySelector(':scope > p').textContent : null,
@@ -71,7 +72,8 @@ CHARTS = """(async () => {
 
 
 def specs(page):
-    """{plot id: its Vega-Lite spec} of a page DVC wrote: one `var spec = {...}; vegaEmbed('#id', spec)` per chart."""
+    """{plot id: its Vega-Lite spec} of a page DVC wrote: one `var spec = {...}; vegaEmbed('#id', spec)` per
+    chart."""
     return {
         m[2]: json.loads(m[1])
         for m in re.finditer(r"var spec = (.*);\s*vegaEmbed\('#([^']+)'", page.read_text())
@@ -83,7 +85,8 @@ def charts(page, epochs):
 
 
 def write_plot_data(repo, shift):
-    """Curves of two variants (plots/curves), the experiment's dvclive TSVs and one report figure (plots/grid)."""
+    """Curves of two variants (plots/curves), the experiment's dvclive TSVs and one report figure
+    (plots/grid)."""
     from stages.entry import variant as label
     from stages.figures import colour
 
@@ -130,7 +133,8 @@ def repo(tmp_path_factory, cifar10_archive):
 
 
 class Cdp:
-    """The Chrome DevTools Protocol over one websocket; events that arrive while waiting for replies are kept."""
+    """The Chrome DevTools Protocol over one websocket; events that arrive while waiting for replies are
+    kept."""
 
     def __init__(self, ws):
         self.ws, self.n, self.events = ws, 0, []
@@ -203,8 +207,8 @@ async def _load(ws_url, page, inspect):
 
 
 def load_offline(page, tmp_path, inspect=None):
-    """Opens page in headless Chromium that cannot resolve any host name; what it drew, requested and failed, and
-    what the JavaScript expression inspect (a JSON string, or a promise of one) found there afterwards."""
+    """Opens page in headless Chromium that cannot resolve any host name; what it drew, requested and failed,
+    and what the JavaScript expression inspect (a JSON string, or a promise of one) found there afterwards."""
     proc = subprocess.Popen(
         [
             CHROMIUM,
@@ -264,8 +268,8 @@ def test_dvc_default_page_is_blank_offline(repo, tmp_path):
 
 
 def test_charts_have_integer_epoch_ticks_line_samples_and_the_figures_colours(repo, tmp_path):
-    """Were: an epoch axis reading 1 2 2 3 3 on 3 epochs; dash legends whose samples had no stroke (transparent);
-    variant colours of Vega's own scheme, not the PNG figures'."""
+    """Were: an epoch axis reading 1 2 2 3 3 on 3 epochs; dash legends whose samples had no stroke
+    (transparent); variant colours of Vega's own scheme, not the PNG figures'."""
     from stages.entry import variant as label
     from stages.figures import colour
 

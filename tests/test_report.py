@@ -69,7 +69,8 @@ def write_entry(repo, act, bn, seed, right, predictions=True, train_images=1000,
 
 
 def write_grid(repo, seeds=1, **size):
-    """Every entry of GRID (seeds of them); seed s of the i-th variant of RIGHT gets s * (i + 1) more right."""
+    """Every entry of GRID (seeds of them); seed s of the i-th variant of RIGHT gets s * (i + 1) more
+    right."""
     for i, ((act, bn), right) in enumerate(RIGHT.items()):
         for seed in range(seeds):
             write_entry(repo, act, bn, seed, right + seed * (i + 1), **size)
@@ -149,8 +150,8 @@ def test_a_run_of_the_size_that_ranks_calls_neighbours_and_compares_the_write_up
 
 
 def test_dvc_metrics_show_prints_the_ranking_as_a_table_a_terminal_holds_and_nothing_else(study):
-    """Was: `dvc metrics show metrics/summary.json`, one row 6,411 characters wide with 245 columns; then a key
-    named `error` in each rank file, which DVC reports as a file that failed to load."""
+    """Was: `dvc metrics show metrics/summary.json`, one row 6,411 characters wide with 245 columns; then a
+    key named `error` in each rank file, which DVC reports as a file that failed to load."""
     repo, _ = study
     out = dvc("metrics", "show", "metrics/rank", cwd=repo).stdout  # stdout and stderr together
     variants = json.loads((repo / "metrics/summary.json").read_text())["cifar10"]["variants"]
@@ -328,7 +329,8 @@ def test_plots_diff_shows_each_figure_of_two_revisions(study):
 
 
 def test_several_seeds_are_tested_over_seeds_with_mcnemar_beside(tmp_path, monkeypatch):
-    """Two seeds: Wilcoxon cannot reject, so the paired t-test decides; McNemar on each seed is reported beside."""
+    """Two seeds: Wilcoxon cannot reject, so the paired t-test decides; McNemar on each seed is reported
+    beside."""
     from stages import report
 
     right = {
@@ -378,7 +380,8 @@ def swap_mistakes(r):  # the same errors in other cells: the error holds, the pr
     c[0][1], c[0][2] = c[0][1] - 1, c[0][2] + 1
 
 
-DAMAGE = {  # name: (file, its damage: a function of the JSON object or the file's new text, the line expected)
+# name: (file, its damage: a function of the JSON object or the file's new text, the line expected)
+DAMAGE = {
     "no train_images": (S, "{}", f"{S}: not what its stage writes (no 'train_images'); {TRAIN}"),
     "summary not JSON": (
         S,
@@ -511,8 +514,9 @@ def damage(folder, name):
 def test_a_damaged_input_is_one_line_naming_the_file_and_the_stage_that_rebuilds_it(
     tmp_path, monkeypatch, name
 ):
-    """Was: -5 ranked first, NaN and 1e308 accepted, a negative confusion matrix printed, predictions "abc" made
-    McNemar's p 0, a newline or markup in a text field reached report.md, a script in a curve reached Vega."""
+    """Was: -5 ranked first, NaN and 1e308 accepted, a negative confusion matrix printed, predictions "abc"
+    made McNemar's p 0, a newline or markup in a text field reached report.md, a script in a curve reached
+    Vega."""
     from stages.cli import UserError
 
     write_grid(tmp_path)
@@ -555,13 +559,14 @@ def test_models_of_one_dataset_must_share_their_test_images(tmp_path, monkeypatc
     with pytest.raises(UserError) as e:
         inputs(tmp_path, monkeypatch)
     assert str(e.value) == (
-        "results/grid/cifar10-elu-True-0.json: 150 test images where results/grid/cifar10-relu-False-0.json has "
-        "200; rebuild it: dvc repro -f evaluate@cifar10-elu-True-0"
+        "results/grid/cifar10-elu-True-0.json: 150 test images where "
+        "results/grid/cifar10-relu-False-0.json has 200; rebuild it: dvc repro -f evaluate@cifar10-elu-True-0"
     )
 
 
 def test_only_known_numeric_curves_reach_plots_curves(tmp_path, monkeypatch):
-    """Was: a text value of any dvclive TSV copied into plots/curves, which `dvc plots show` embeds in a script."""
+    """Was: a text value of any dvclive TSV copied into plots/curves, which `dvc plots show` embeds in a
+    script."""
     from stages.report import write_curves
 
     write_grid(tmp_path)

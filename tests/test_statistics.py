@@ -1,5 +1,6 @@
-"""stages/statistics.py on hand-computed cases: intervals, McNemar, paired tests over seeds, what a run's size can
-claim, the order by loss, BN's cost and agreement with the write-up. No file, no DVC: frames in, numbers out."""
+"""stages/statistics.py on hand-computed cases: intervals, McNemar, paired tests over seeds, what a run's size
+can claim, the order by loss, BN's cost and agreement with the write-up. No file, no DVC: frames in, numbers
+out."""
 
 import math
 

@@ -47,8 +47,8 @@ def summary(n, can_rank):
 
 def test_the_readme_table_of_a_run_that_ranks():
     assert ranked_table(summary(3, True), README, compact=True) == [
-        "| rank | variant | test error, mean ± std over 3 seeds | 95 % interval (t over seeds) | told apart from "
-        "the next? | s/epoch |",
+        "| rank | variant | test error, mean ± std over 3 seeds | 95 % interval (t over seeds) "
+        "| told apart from the next? | s/epoch |",
         "|---:|---|---|---|---|---:|",
         "| 1 | a | 0.250 ± 0.010 | 0.100–0.200 | yes, p = 0.012 (paired t over 3 seeds) | 12 |",
         "| 2 | b | 0.300 ± 0.020 | 0.100–0.200 |  | – |",
@@ -64,8 +64,8 @@ def test_a_run_that_cannot_rank_gets_p_without_a_verdict_and_one_seed_no_spread(
 def test_the_reports_table_has_loss_and_its_rank():
     rows = ranked_table(summary(2, True), REPORT)
     assert rows[0] == (
-        "| rank | variant | test error, mean ± std over 2 seeds | 95 % interval (t over seeds) | n | test loss | "
-        "rank by loss | s/epoch | mean activation, last epoch | diverged |"
+        "| rank | variant | test error, mean ± std over 2 seeds | 95 % interval (t over seeds) | n "
+        "| test loss | rank by loss | s/epoch | mean activation, last epoch | diverged |"
     )
     assert rows[3] == "| 2 | b | 0.3000 ± 0.0200 | 0.1000–0.2000 | 2 | 1.000 | 1 | – | – | 0 |"
 
@@ -93,7 +93,8 @@ def test_results_table_on_a_one_seed_run_is_a_table_without_intervals(tmp_path):
         "| 1 | a | 0.250 | p = 0.012 (paired t over 3 seeds) | 12 |",
         "| 2 | b | 0.300 |  | – |",
         "",
-        "This run cannot rank its variants (one seed (ranks from 2)): an order of these models, not a finding.",
+        "This run cannot rank its variants (one seed (ranks from 2)): an order of these models, "
+        "not a finding.",
     ]
     p = run_table(tmp_path, "cifar100")
     assert p.returncode == 1 and p.stderr.count("\n") == 1
