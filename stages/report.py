@@ -22,7 +22,7 @@ from stages import figures, statistics
 from stages.cli import UserError, cli
 from stages.outputs import atomic_path, write_json
 from stages.params import TRAIN_IMAGES, count, load
-from stages.report_inputs import DatasetInputs, collect
+from stages.report_inputs import DatasetInputs, collect, read_curves  # noqa: F401  (gpu_study's reader)
 from stages.tables import ranked_table
 
 REPORT, FIGURES, CURVES = Path("reports/report.md"), Path("plots/grid"), Path("plots/curves")
@@ -85,7 +85,7 @@ def claim(stats):
     """What the run's size lets it claim, in words (report.md's first paragraph, the terminal line)."""
     c = stats.claims
     if c["can_rank"]:
-        return "can rank its variants (all training images, enough epochs and seeds)"
+        return f"can rank its variants ({c['size']}: all training images, enough epochs and seeds)"
     return (
         f"cannot rank its variants ({'; '.join(c['reasons'])}): its order is the order of these models on "
         "these test images, not a finding about the variants; no neighbours are called distinguishable and "
@@ -241,10 +241,10 @@ def write_ranking(folder, ds, s):
                 "rank": r["rank"],
                 "seeds": r.n,
                 "test_error": r.test_error_mean,
-                "ci_low": r.test_error_ci_low,
-                "ci_high": r.test_error_ci_high,
+                "test_error_lo": r.test_error_ci_low,
+                "test_error_up": r.test_error_ci_high,
             },
-        )  # mean test error and its LEVEL interval; DVC sorts the columns by name (ci_high first)
+        )  # mean test error and its LEVEL interval; DVC sorts the columns by name
 
 
 def write_curves(path, inputs):

@@ -193,9 +193,10 @@ def bn_cost(s):
 
 
 def claims(df, all_train_images):
-    """What this run's size lets it claim: {"can_rank": bool, "reasons": [...]}. It ranks only with every
-    training image (all_train_images: the split less validation), RANKING_EPOCHS epochs and RANKING_SEEDS
-    seeds per variant; below that its order is the order of these models, not a finding about the variants."""
+    """What this run's size lets it claim: {"can_rank": bool, "reasons": [...], "size": its size in words}. It
+    ranks only with every training image (all_train_images: the split less validation), RANKING_EPOCHS epochs
+    and RANKING_SEEDS seeds per variant; below that its order is the order of these models, not a finding
+    about the variants."""
     reasons = []
     images, epochs = int(df.train_images.min()), int(df.epochs.min())
     seeds = int(df.groupby("variant").size().min())
@@ -205,7 +206,8 @@ def claims(df, all_train_images):
         reasons.append(f"{epochs} epoch{'s' * (epochs != 1)} (ranks from {RANKING_EPOCHS})")
     if seeds < RANKING_SEEDS:
         reasons.append(f"one seed (ranks from {RANKING_SEEDS})")
-    return {"can_rank": not reasons, "reasons": reasons}
+    size = f"{images:,} training images, {epochs} epochs, {seeds} seeds per variant"
+    return {"can_rank": not reasons, "reasons": reasons, "size": size}
 
 
 def agreement(ds, s):

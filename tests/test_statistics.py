@@ -81,11 +81,16 @@ def test_paired_tests_over_three_seeds():
 
 def test_a_run_ranks_only_with_all_images_ten_epochs_and_two_seeds():
     two = {"a": [0.3, 0.31], "b": [0.4, 0.41]}
-    assert st.claims(rows(two), 49_960) == {"can_rank": True, "reasons": []}
-    assert st.claims(rows({"a": [0.3], "b": [0.4]}, train_images=8_000, epochs=4), 45_000) == {
-        "can_rank": False,
-        "reasons": ["8,000 of 45,000 training images", "4 epochs (ranks from 10)", "one seed (ranks from 2)"],
+    assert st.claims(rows(two), 49_960) == {
+        "can_rank": True,
+        "reasons": [],
+        "size": "49,960 training images, 10 epochs, 2 seeds per variant",
     }
+    assert st.claims(rows({"a": [0.3], "b": [0.4]}, train_images=8_000, epochs=4), 45_000)["reasons"] == [
+        "8,000 of 45,000 training images",
+        "4 epochs (ranks from 10)",
+        "one seed (ranks from 2)",
+    ]
     assert st.claims(rows(two, epochs=9), 49_960)["reasons"] == ["9 epochs (ranks from 10)"]
 
 
