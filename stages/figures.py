@@ -17,7 +17,10 @@ from stages.entry import variant  # noqa: E402
 from stages.statistics import LEVEL  # noqa: E402
 
 DPI = 110  # a 12-inch figure is 1,320 px wide
-FOOTER_PT = 12  # ~9 px high when a 12-inch figure is shown 650 px wide (`dvc plots diff` at 1,400 px)
+# `dvc plots diff` shows an image at most half the window wide (.dvc/plots/offline.html: 50vw - 40 px), so at
+# 1,400 px a 12-inch figure is shown at 0.5x: its type is set larger than a page's, the footer the largest
+FOOTER_PT_PER_INCH = 1.0  # footer type in points per inch of figure width: 12 pt on 12 inches, ~9 px shown
+matplotlib.rcParams.update({"font.size": 11})  # axis labels and ticks: ~8 px shown at 0.5x (default 10)
 FOOTER_CHARS = 600  # a footer longer than this is cut (the report's inputs hold no long text; this bounds it)
 # hue pairs (dark, light): tab20's ten, then tab20b's and tab20c's five each (their 1st and 3rd shades)
 PAIRS = [plt.cm.tab20.colors[i : i + 2] for i in range(0, 20, 2)] + [
@@ -57,19 +60,19 @@ def legend_outside(ax, title="solid: with BN, dashed: without", **kw):
 
 
 def footer_lines(config, width_in):
-    """The configuration as lines that fit width_in inches at FOOTER_PT (~0.55 em a character), cut to
+    """The configuration as lines that fit a width_in-inch figure's footer (~0.55 em a character), cut to
     FOOTER_CHARS: wrapped here in linear time (matplotlib's own wrapping grew faster than linearly)."""
     text = config if len(config) <= FOOTER_CHARS else config[: FOOTER_CHARS - 1] + "…"
-    return textwrap.wrap(text, width=int(width_in * 72 / (0.55 * FOOTER_PT))) or [""]
+    return textwrap.wrap(text, width=int(72 / (0.55 * FOOTER_PT_PER_INCH))) or [""]
 
 
 def figure(config, nrows, ncols, figsize, **kw):
     """A figure that states the configuration behind it at its foot (fig.footer_height: its share of the
     figure's height, which save() keeps free)."""
     fig, axes = plt.subplots(nrows, ncols, figsize=figsize, **kw)
-    lines = footer_lines(config, figsize[0])
-    fig.text(0.5, 0.005, "\n".join(lines), ha="center", va="bottom", fontsize=FOOTER_PT, color="dimgrey")
-    fig.footer_height = (len(lines) * FOOTER_PT * 1.25 + 6) / 72 / figsize[1]
+    lines, size = footer_lines(config, figsize[0]), FOOTER_PT_PER_INCH * figsize[0]
+    fig.text(0.5, 0.005, "\n".join(lines), ha="center", va="bottom", fontsize=size, color="dimgrey")
+    fig.footer_height = (len(lines) * size * 1.25 + 6) / 72 / figsize[1]
     return fig, axes
 
 
@@ -108,7 +111,7 @@ def plot_curves(curves, classes, activations, config):
         axes[1, col].set_xlabel("epoch")
         axes[1, col].xaxis.set_major_locator(MaxNLocator(integer=True))
     legend_outside(axes[1, 1])
-    fig.suptitle(seed_note(curves), fontsize=10)
+    fig.suptitle(seed_note(curves), fontsize=11)
     return fig
 
 
@@ -157,7 +160,7 @@ def plot_error_and_speed(variants, activations, config):
         title="test error against training time",
     )
     legend_outside(a2, title="filled: with BN, open: without")
-    fig.suptitle(f"bars: {LEVEL:.0%} confidence interval, {interval_note(s)}", fontsize=10)
+    fig.suptitle(f"bars: {LEVEL:.0%} confidence interval, {interval_note(s)}", fontsize=11)
     for ax in (a1, a2):
         ax.grid(alpha=0.3)
     return fig
@@ -190,5 +193,5 @@ def plot_bias_shift(curves, activations, config):
         ax.grid(alpha=0.3)
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     legend_outside(a3)
-    fig.suptitle(seed_note(curves), fontsize=10)
+    fig.suptitle(seed_note(curves), fontsize=11)
     return fig

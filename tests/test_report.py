@@ -299,10 +299,12 @@ def test_footers_stay_legible_side_by_side_and_long_text_is_cut(tmp_path):
     7.5 pt footer (~4 px there), and matplotlib's own wrapping of a long footer that ran for minutes."""
     from stages import figures
 
+    for width in (12, 14):  # the test error and curves figures; the bias shift's three panels
+        fig, _ = figures.figure("config line", 1, 2, (width, 5))
+        shown_px = fig.texts[0].get_fontsize() * figures.DPI / 72 * 650 / (width * figures.DPI)
+        assert shown_px >= 8.5, width
     fig, _ = figures.figure("a " * 500_000, 1, 2, (12, 5))
     (footer,) = fig.texts
-    shown_px = footer.get_fontsize() * figures.DPI / 72 * 650 / (12 * figures.DPI)
-    assert shown_px >= 8.5
     assert len(footer.get_text()) <= figures.FOOTER_CHARS + 20 and footer.get_text().endswith("…")
     figures.save(fig, tmp_path / "f.png")
     assert (tmp_path / "f.png").stat().st_size > 1000
