@@ -27,6 +27,8 @@ from stages.tables import ranked_table
 
 REPORT, FIGURES, CURVES = Path("reports/report.md"), Path("plots/grid"), Path("plots/curves")
 RANKING = Path("metrics/rank")  # <dataset>/<rank>-<variant>.json: `dvc metrics show metrics/rank`, a row each
+ORDER = " (by mean test error, the table's order)"
+ORDER_ONLY = " (these models' order by mean test error, not a ranking of the variants: see above)"
 TIMING = (
     "Seconds per epoch, and so BN's cost ratio, depend on the machine and on what else ran on it meanwhile: "
     "compare them within one run on an otherwise idle machine, not across runs or machines."
@@ -202,7 +204,7 @@ def markdown(rep, summary):
     return (
         [f"## {ds}", "", f"Configuration: {rep.config}.", ""]
         + ranked_table(summary)
-        + ["", "Ranking: " + " > ".join(st.ranking) + " (by mean test error, the table's order)"]
+        + ["", "Ranking: " + " > ".join(st.ranking) + (ORDER if can else ORDER_ONLY)]
         + ["", "By final test loss (the write-up ranked by loss as well): " + " > ".join(st.by_loss)]
         + agreement_lines(ds, st.write_up, can)
         + [""]

@@ -203,9 +203,9 @@ def claims(df, all_train_images):
     if images < all_train_images:
         reasons.append(f"{images:,} of {all_train_images:,} training images")
     if epochs < RANKING_EPOCHS:
-        reasons.append(f"{epochs} epoch{'s' * (epochs != 1)} (ranks from {RANKING_EPOCHS})")
+        reasons.append(f"{epochs} epoch{'s' * (epochs != 1)} of the {RANKING_EPOCHS} a ranking needs")
     if seeds < RANKING_SEEDS:
-        reasons.append(f"one seed (ranks from {RANKING_SEEDS})")
+        reasons.append(f"one seed of the {RANKING_SEEDS} a ranking needs")
     size = f"{images:,} training images, {epochs} epochs, {seeds} seeds per variant"
     return {"can_rank": not reasons, "reasons": reasons, "size": size}
 

@@ -106,7 +106,8 @@ def test_a_run_below_the_size_that_ranks_says_so_and_claims_nothing(study):
     """Was: 'distinguishable: yes' and Kendall's tau after 4 epochs on 8,000 images and one seed."""
     repo, out = study
     summary = json.loads((repo / "metrics/summary.json").read_text())["cifar10"]
-    why = "1,000 of 49,960 training images; 3 epochs (ranks from 10); one seed (ranks from 2)"
+    why = "1,000 of 49,960 training images; 3 epochs of the 10 a ranking needs; one seed of the 2 a ranking"
+    why += " needs"
     assert (summary["can_rank"], summary["cannot_rank_because"]) == (False, why)
     assert (
         f"report: cifar10: relu+bn > elu+bn > elu > relu (an order of these models, not a ranking: {why})"
@@ -117,7 +118,10 @@ def test_a_run_below_the_size_that_ranks_says_so_and_claims_nothing(study):
     assert first.startswith(f"cifar10: this run cannot rank its variants ({why})")
     assert "| distinguishable |" not in report and "| yes |" not in report and "| no |" not in report
     assert "Kendall" not in report and "Kendall" not in out and summary["write_up"] == {}
-    assert "Not compared: this run cannot rank" in report
+    assert (
+        "Not compared: this run cannot rank" in report
+        and "not a ranking of the variants: see above" in report
+    )
     neighbours = summary["neighbours"]
     assert list(neighbours) == ["relu+bn vs elu+bn", "elu+bn vs elu", "elu vs relu"]
     assert {k: v["distinguishable"] for k, v in neighbours.items()} == dict.fromkeys(neighbours)

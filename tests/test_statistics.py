@@ -88,10 +88,10 @@ def test_a_run_ranks_only_with_all_images_ten_epochs_and_two_seeds():
     }
     assert st.claims(rows({"a": [0.3], "b": [0.4]}, train_images=8_000, epochs=4), 45_000)["reasons"] == [
         "8,000 of 45,000 training images",
-        "4 epochs (ranks from 10)",
-        "one seed (ranks from 2)",
+        "4 epochs of the 10 a ranking needs",
+        "one seed of the 2 a ranking needs",
     ]
-    assert st.claims(rows(two, epochs=9), 49_960)["reasons"] == ["9 epochs (ranks from 10)"]
+    assert st.claims(rows(two, epochs=9), 49_960)["reasons"] == ["9 epochs of the 10 a ranking needs"]
 
 
 def test_below_the_size_that_ranks_no_neighbours_are_called_distinguishable():

@@ -82,7 +82,7 @@ def run_table(folder, dataset="cifar10"):
 
 def test_results_table_on_a_one_seed_run_is_a_table_without_intervals(tmp_path):
     """Was: a traceback (a one-seed run's std is null)."""
-    s = summary(1, False) | {"cannot_rank_because": "one seed (ranks from 2)"}
+    s = summary(1, False) | {"cannot_rank_because": "one seed of the 2 a ranking needs"}
     (tmp_path / "metrics").mkdir()
     (tmp_path / "metrics/summary.json").write_text(json.dumps({"cifar10": s}))
     p = run_table(tmp_path)
@@ -93,7 +93,7 @@ def test_results_table_on_a_one_seed_run_is_a_table_without_intervals(tmp_path):
         "| 1 | a | 0.250 | p = 0.012 (paired t over 3 seeds) | 12 |",
         "| 2 | b | 0.300 |  | – |",
         "",
-        "This run cannot rank its variants (one seed (ranks from 2)): an order of these models, "
+        "This run cannot rank its variants (one seed of the 2 a ranking needs): an order of these models, "
         "not a finding.",
     ]
     p = run_table(tmp_path, "cifar100")
