@@ -616,3 +616,20 @@ def test_the_curves_module_knows_the_models_layer_names():
     from stages.report_inputs import ACT
 
     assert ACT == ACT_PREFIX  # report_inputs cannot import stages.model: the report stays without Keras
+
+
+def test_a_diverged_model_is_read_with_its_gaps(tmp_path, monkeypatch):
+    """What train writes for a model whose loss diverged in its first epoch: no seconds per epoch (null), no
+    epoch completed, NaN in its curves. Read, not refused; counted as diverged; no text in plots/curves."""
+    from stages.report import DatasetReport, summary_entry, write_curves
+
+    write_grid(tmp_path)
+    edit(tmp_path / M, lambda m: m.update(seconds_per_epoch=None, epochs=0, diverged=True))
+    (tmp_path / LOSS).write_text("step\tloss\n0\tnan\n1\tnan\n2\tnan\n")
+    i = inputs(tmp_path, monkeypatch)["cifar10"]
+    s = summarise(i)
+    assert s.variants.diverged["relu+bn"] == 1 and np.isnan(s.variants.seconds_per_epoch["relu+bn"])
+    write_curves(tmp_path / "curves.tsv", i)
+    assert "nan" not in (tmp_path / "curves.tsv").read_text().lower()
+    variants = summary_entry(DatasetReport(i, s, "config line"))["variants"]
+    assert variants["relu+bn"]["seconds_per_epoch"] is None and variants["relu+bn"]["diverged"] == 1
