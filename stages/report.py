@@ -164,23 +164,27 @@ def neighbour_lines(s, tests, neighbours, can_rank=True):
             + (f" {'yes' if t['distinguishable'] else 'no'} |" if can_rank else "")
             + (f" {seeds or '–'} |" if per_seed else "")
         )
-    if tests:
-        lines += [
-            "",
-            "Paired tests over seeds, neighbours (Wilcoxon cannot reach p < 0.05 below "
-            f"{statistics.WILCOXON_SEEDS} seeds; the paired t-test assumes normal seed-to-seed differences):",
-            "",
-            "| better | worse | n | error difference | Wilcoxon p | paired t p |",
-            "|---|---|---:|---:|---:|---:|",
-        ]
-        adjacent = set(zip(s.index, s.index[1:]))
-        lines += [
-            f"| {t['better']} | {t['worse']} | {t['n']} | {t['mean_error_difference']:+.4f} | "
-            f"{t['wilcoxon_p']:.3f} | {t['paired_t_p']:.3f} |"
-            for t in tests
-            if (t["better"], t["worse"]) in adjacent
-        ]
-    return lines
+    return lines + paired_lines(s, tests)
+
+
+def paired_lines(s, tests):
+    """The paired tests over seeds of neighbours in the ranking (none with one seed)."""
+    if not tests:
+        return []
+    adjacent = set(zip(s.index, s.index[1:]))
+    return [
+        "",
+        "Paired tests over seeds, neighbours (Wilcoxon cannot reach p < 0.05 below "
+        f"{statistics.WILCOXON_SEEDS} seeds; the paired t-test assumes normal seed-to-seed differences):",
+        "",
+        "| better | worse | n | error difference | Wilcoxon p | paired t p |",
+        "|---|---|---:|---:|---:|---:|",
+    ] + [
+        f"| {t['better']} | {t['worse']} | {t['n']} | {t['mean_error_difference']:+.4f} | "
+        f"{t['wilcoxon_p']:.3f} | {t['paired_t_p']:.3f} |"
+        for t in tests
+        if (t["better"], t["worse"]) in adjacent
+    ]
 
 
 def bn_lines(bn_cost):
