@@ -14,6 +14,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 from stages.entry import variant  # noqa: E402
+from stages.report_inputs import layer_means  # noqa: E402
 from stages.statistics import LEVEL  # noqa: E402
 
 DPI = 110  # a 12-inch figure is 1,320 px wide
@@ -170,8 +171,6 @@ def plot_bias_shift(curves, activations, config):
     """Clevert et al.: ELU keeps mean activations near zero. Measured, not assumed: the hidden layers' mean
     during training and per layer at the last epoch, and the class scores' layer on its own axes (its mean
     runs to several units and would flatten the hidden layers' tenths)."""
-    from stages.report_inputs import layer_means
-
     fig, (a1, a2, a3) = figure(config, 1, 3, (14, 4.8))
     layers = layer_means(curves)
     hidden, scores = layers[:-1], layers[-1:]

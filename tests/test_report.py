@@ -633,3 +633,20 @@ def test_a_diverged_model_is_read_with_its_gaps(tmp_path, monkeypatch):
     assert "nan" not in (tmp_path / "curves.tsv").read_text().lower()
     variants = summary_entry(DatasetReport(i, s, "config line"))["variants"]
     assert variants["relu+bn"]["seconds_per_epoch"] is None and variants["relu+bn"]["diverged"] == 1
+
+
+def test_the_report_imports_neither_keras_nor_the_training_code():
+    """The report's modules are what its dvc.yaml deps list: an edit of the model or the archive reader
+    must not be able to change a report, and the report must not wait seconds for TensorFlow."""
+    code = "import sys, stages.report; print(' '.join(sorted(sys.modules)))"
+    p = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=ROOT,
+        env={**ENV, "PYTHONPATH": str(ROOT)},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    loaded = set(p.stdout.split())
+    assert "stages.report_inputs" in loaded and "stages.statistics" in loaded, p.stderr[-2000:]
+    assert not loaded & {"keras", "tensorflow", "jax", "stages.model", "stages.cifar", "stages.backend"}
