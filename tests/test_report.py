@@ -6,6 +6,7 @@ functions in a folder of hand-written files."""
 import json
 import subprocess
 import sys
+import tracemalloc
 from pathlib import Path
 
 import numpy as np
@@ -544,8 +545,12 @@ def test_a_file_over_its_limit_is_refused_unparsed(tmp_path, monkeypatch):
         inputs(tmp_path, monkeypatch)
     (tmp_path / M).unlink()
     (tmp_path / M).symlink_to("/dev/zero")  # endless: read to the limit and refused
+    tracemalloc.start()
     with pytest.raises(UserError, match=rf"^{M}: over 16 MiB"):
         inputs(tmp_path, monkeypatch)
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert peak < 2 * MAX_JSON_BYTES, peak  # the limit read once, nothing parsed
 
 
 def test_models_of_one_dataset_must_share_their_test_images(tmp_path, monkeypatch):
