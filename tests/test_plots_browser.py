@@ -88,7 +88,7 @@ def write_plot_data(repo, shift):
     """Curves of two variants (plots/curves), the experiment's dvclive TSVs and one report figure
     (plots/grid)."""
     from stages.entry import variant as label
-    from stages.report import colour
+    from stages.figures import colour
 
     epochs = np.arange(1, EPOCHS + 1)
     curves = pd.concat(
@@ -271,7 +271,7 @@ def test_charts_have_integer_epoch_ticks_line_samples_and_the_figures_colours(re
     """Were: an epoch axis reading 1 2 2 3 3 on 3 epochs; dash legends whose samples had no stroke
     (transparent); variant colours of Vega's own scheme, not the PNG figures'."""
     from stages.entry import variant as label
-    from stages.report import colour
+    from stages.figures import colour
 
     dvc("plots", "diff", "HEAD", "-o", str(tmp_path / "diff"), cwd=repo)
     page = tmp_path / "diff/index.html"

@@ -154,6 +154,10 @@ RERUNS = {
     "pipeline": {"train", "train_exp"},
     "evaluate": {"evaluate", "evaluate_exp"},
     "report": {"report"},
+    "report_inputs": {"report"},
+    "statistics": {"report"},
+    "figures": {"report"},
+    "tables": {"report"},
     "recipes": set(),
     "__init__": set(),  # every stage runs it, yet it only quiets TensorFlow's start-up lines
 }
