@@ -1,5 +1,5 @@
-"""How every stage runs: `cli(main)` and `UserError`. Never run as __main__ and imports nothing from stages, so
-that every module raises and catches the one same UserError class (a stage run as `python -m stages.params`
+"""How every stage runs: `cli(main)` and `UserError`. Never run as __main__ and imports nothing from stages,
+so that every module raises and catches the one same UserError class (a stage run as `python -m stages.params`
 once had two: `__main__.UserError` and `stages.params.UserError`, and a 15-line traceback).
 
 - A UserError is one line on stderr, `error: <file or parameter>: <problem>; <fix>`, and exit status 2.
@@ -42,16 +42,19 @@ class UserError(Exception):
 
 
 class _Terminated(BaseException):
-    """SIGTERM, raised where the stage is, so that every `finally` (atomic_path's clean-up) runs as for Ctrl-C."""
+    """SIGTERM, raised where the stage is, so that every `finally` (atomic_path's clean-up) runs as for
+    Ctrl-C."""
 
 
 def on_interrupt(note):
-    """note() -> the words a Ctrl-C line adds, e.g. ' after epoch 3; `dvc repro` resumes from the checkpoint'."""
+    """note() -> the words a Ctrl-C line adds, e.g. ' after epoch 3; `dvc repro` resumes from the
+    checkpoint'."""
     _NOTE[0] = note
 
 
 def _disk_full(e):
-    """The OSError of a full disk in e's chain of causes (libraries wrap it: h5py, zipfile, shutil), else None."""
+    """The OSError of a full disk in e's chain of causes (libraries wrap it: h5py, zipfile, shutil), else
+    None."""
     seen = set()
     while e is not None and id(e) not in seen:
         if isinstance(e, OSError) and (e.errno in (errno.ENOSPC, errno.EDQUOT) or "No space left" in str(e)):
@@ -75,8 +78,8 @@ def _raise_in_main_thread(signum, frame):
 
 
 def _end_by(signum):
-    """Ends this process by signum's default action (the caller sees it killed by that signal); from any thread
-    (the C library's signal(): Python's may only be called from the main thread)."""
+    """Ends this process by signum's default action (the caller sees it killed by that signal); from any
+    thread (the C library's signal(): Python's may only be called from the main thread)."""
     sys.stdout.flush()
     sys.stderr.flush()
     libc = ctypes.CDLL(None)
@@ -138,21 +141,27 @@ def _unraisable(hook):
     return quiet
 
 
-def _arm():
+def _arm(watch):
     sys.unraisablehook = _unraisable(sys.unraisablehook)
     signal.signal(signal.SIGTERM, _raise_in_main_thread)
     signal.signal(signal.SIGINT, _raise_in_main_thread)
+    if watch:
+        _start_watcher()
+    _die_with_parent()
+
+
+def _start_watcher():
     read, write = os.pipe()
     os.set_blocking(write, False)
     signal.set_wakeup_fd(write, warn_on_full_buffer=False)
     threading.Thread(target=_watch, args=(read,), daemon=True).start()
-    _die_with_parent()
 
 
-def cli(main):
-    """Runs a stage's main(); see the module's docstring."""
+def cli(main, watch=True):
+    """Runs a stage's main(); see the module's docstring. watch=False: no watcher ends the process GRACE
+    seconds after a signal (stages.parallel, whose clean-up, stopping its workers, takes longer by design)."""
     try:
-        _arm()
+        _arm(watch)
         with _without_native_noise():
             main()
     except UserError as e:
@@ -162,8 +171,8 @@ def cli(main):
         if (full := _disk_full(e)) is None:
             raise
         print(
-            f"error: {full.filename or os.getcwd()}: no space left on its disk ({full.strerror or full}); free "
-            f"some space there, then run `dvc repro` again",
+            f"error: {full.filename or os.getcwd()}: no space left on its disk ({full.strerror or full}); "
+            f"free some space there, then run `dvc repro` again",
             file=sys.stderr,
         )
         sys.exit(1)
@@ -174,9 +183,9 @@ def cli(main):
         _end_by(signal.SIGTERM)
 
 
-# TensorFlow's and XLA's C++ start-up lines (absl format `I0000 00:00:… file.cc:N] …`), and the cuInit error of a
-# CPU-only machine: not failures, yet they look like ones. Written to file descriptor 2 by C++, before any
-# Python logging setting applies, so they are filtered there.
+# TensorFlow's and XLA's C++ start-up lines (absl format `I0000 00:00:… file.cc:N] …`), and the cuInit error
+# of a CPU-only machine: not failures, yet they look like ones. Written to file descriptor 2 by C++, before
+# any Python logging setting applies, so they are filtered there.
 _NOISE = re.compile(
     r"^(WARNING: All log messages before absl::InitializeLog|[IW]\d{4} \d\d:\d\d:|"
     r"E\d{4} .*(cuInit|cuda|CUDA))"
