@@ -1,6 +1,6 @@
 """stages.parallel: the grid's entries trained N at a time through DVC in the workspace, with the same results
-as a sequential `dvc repro`; stopped by SIGTERM without a process left behind; shared across machines through the
-run cache; and the GPU study (benchmarks/device_run.sh: measurement, plan, deadline) rehearsed on a CPU.
+as a sequential `dvc repro`; stopped by SIGTERM without a process left behind; shared across machines through
+the run cache; and the GPU study (benchmarks/device_run.sh: measurement, plan, deadline) rehearsed on a CPU.
 Real DVC in temporary git+DVC copies of the project, the tests' own tiny archives."""
 
 import json
