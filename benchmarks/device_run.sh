@@ -70,10 +70,10 @@ mkdir -p "$OUT"
 exec > >(tee -a "$OUT/device_run.log") 2>&1
 echo "device_run: $(date -u '+%F %T UTC'), LIMIT ${LIMIT} s, results into $OUT"
 
-sets=(train.backend=jax) runner=() cpu= processes=(1 2 4 8)  # sets: params.yaml's values, as `dvc exp run -S` takes them
+sets=(train.backend=jax) runner=() cpu= measuring=(--processes 1 2 4 8)  # sets: params.yaml's values, as `dvc exp run -S` takes them
 while (($#)); do
   case $1 in
-    --tiny) cpu=1 processes=(1 2); sets+=(model.width=0.125 train.epochs=10 train.limit=300 train.validation=100
+    --tiny) cpu=1 measuring=(--processes 1 --steps 10); sets+=(model.width=0.125 train.epochs=10 train.limit=300 train.validation=100
                           train.batch_size=32 train.learning_rate=0.05 train.probe_images=32) ;;
     --allow-cpu) cpu=1 ;;
     -S) sets+=("$2"); shift ;;
@@ -121,7 +121,7 @@ left=$((LIMIT - (SECONDS - start) - MARGIN))
 measure=$((left / MEASURE_SHARE))
 echo "device_run: $((SECONDS - start)) s setting up; the measurement: at most $measure s"
 timeout -k 5 $((measure + 10)) "$PYTHON" benchmarks/throughput.py --out "$OUT/throughput.json" \
-  --seconds "$measure" --processes "${processes[@]}" || echo "device_run: the measurement ended early; planning from what it wrote"
+  --seconds "$measure" "${measuring[@]}" || echo "device_run: the measurement ended early; planning from what it wrote"
 budget=$((LIMIT - (SECONDS - start) - MARGIN))
 echo "device_run: the study's budget: $budget s"
 code=0

@@ -22,7 +22,11 @@ from tests.archives import make_dataset, python_members, write_archive
 from tests.conftest import BACKEND_ENV, ENV, ROOT, dvc, git, make_project, run
 
 RUNNER = [sys.executable, "-m", "stages.parallel"]
-FOUR = {"grid": {"activation": ["relu", "elu"], "batch_norm": [False, True]}}  # 4 entries + the experiment's
+# 4 entries and the experiment's own model, one epoch each
+FOUR = {"grid": {"activation": ["relu", "elu"], "batch_norm": [False, True]}, "train": {"epochs": 1}}
+# a test that drives DVC through several trainings (5 to 10 processes, each starting Keras: 20-60 s on 2 busy
+# cores) is bounded by this rather than pytest.ini's 300 s
+SLOW = pytest.mark.timeout(900)
 KEYS = [f"cifar10-{a}-{b}-0" for a in ("relu", "elu") for b in (False, True)]
 TIMING = {
     "train_seconds",
@@ -128,6 +132,7 @@ def parallel(tmp_path_factory, cifar10_archive):
 
 
 @pytest.mark.e2e
+@SLOW
 def test_one_command_trains_the_grid_two_at_a_time_through_dvc(parallel):
     repo, out = parallel
     assert trained(out) == {f"models/grid/{k}.keras" for k in KEYS} | {"models/experiment.keras"}, out[-3000:]
@@ -148,6 +153,7 @@ def test_one_command_trains_the_grid_two_at_a_time_through_dvc(parallel):
 
 
 @pytest.mark.e2e
+@SLOW
 def test_the_metrics_equal_those_of_a_sequential_dvc_repro(parallel, tmp_path, cifar10_archive):
     repo, _ = parallel
     sequential = make_project(tmp_path / "sequential", cifar10_archive, FOUR)
@@ -156,6 +162,7 @@ def test_the_metrics_equal_those_of_a_sequential_dvc_repro(parallel, tmp_path, c
 
 
 @pytest.mark.e2e
+@SLOW
 def test_on_jax_too(tmp_path, cifar10_archive):
     """The TINY grid's two entries on JAX (an interpreter without TensorFlow), one epoch, both at once,
     against the same two by `dvc repro` one after the other."""
@@ -181,8 +188,9 @@ def test_on_jax_too(tmp_path, cifar10_archive):
 
 
 @pytest.mark.e2e
+@SLOW
 def test_sigterm_leaves_no_process_and_dvc_repro_trains_only_the_unfinished(tmp_path, cifar10_archive):
-    repo = make_project(tmp_path / "repo", cifar10_archive, {**FOUR, "train": {"epochs": 4}})
+    repo = make_project(tmp_path / "repo", cifar10_archive, {**FOUR, "train": {"epochs": 3}})
     log = tmp_path / "runner.log"
     with open(log, "w") as f:
         p = subprocess.Popen([*RUNNER, "-j", "2"], cwd=repo, env=ENV, stdout=f, stderr=subprocess.STDOUT)
@@ -203,6 +211,7 @@ def test_sigterm_leaves_no_process_and_dvc_repro_trains_only_the_unfinished(tmp_
 
 
 @pytest.mark.e2e
+@SLOW
 def test_two_machines_share_through_the_run_cache_and_a_third_trains_nothing(tmp_path, cifar10_archive):
     """No dvc.lock is committed or merged: each machine pushes its entries' run cache; any machine then gets
     the whole grid with `dvc repro --pull`."""
@@ -268,7 +277,7 @@ def rehearsal(tmp_path_factory):
         "TMPDIR": str(tmp),
     }
     t0 = time.time()
-    p = run(["bash", "benchmarks/device_run.sh", "--tiny"], repo, env=env, timeout=LIMIT + 60)
+    p = run(["bash", "benchmarks/device_run.sh", "--tiny", "-j", "3"], repo, env=env, timeout=LIMIT + 60)
     return repo, p.stdout, time.time() - t0, out, tmp
 
 
@@ -284,8 +293,11 @@ def test_the_budgeted_study_writes_the_pipelines_report_with_the_epochs_it_fitte
     assert runner_seconds <= budget  # the deadline is the budget less the time to stop (GRACE)
     e = int(re.search(r"^plan: (\d+) of 10 epochs", output, re.MULTILINE)[1])
     assert "plan: python -m stages.parallel -j " in output and f"-S train.epochs={e}" in output
-    measured = json.loads((out / "throughput.json").read_text())
-    assert measured["rates"]["1"] > 0 and measured["backend"] == "jax"
+    if (out / "throughput.json").exists():  # on a busy CPU, JAX may compile for longer than its share
+        measured = json.loads((out / "throughput.json").read_text())
+        assert measured["backend"] == "jax" and all(r > 0 for r in measured["rates"].values())
+    else:  # the plan degrades: one epoch of every entry, the deadline decides
+        assert "nothing measured: one epoch" in output and e == 1
     # the pipeline's own results, copied back: dvc.lock, the metrics, the report and summary at E epochs
     assert yaml.safe_load((out / "run/params.yaml").read_text())["train"]["epochs"] == e
     lock = yaml.safe_load((out / "run/dvc.lock").read_text())["stages"]
