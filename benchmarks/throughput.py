@@ -53,7 +53,7 @@ def worker(steps):
             10, "relu", True, load()["model"], t["weight_decay"], x.mean((0, 1, 2)), x.var((0, 1, 2))
         )
         model.compile(keras.optimizers.SGD(0.01, momentum=0.9), "sparse_categorical_crossentropy")
-    model.fit(batches(x, y, b, 0, False), epochs=1, steps_per_epoch=2, verbose=0)  # compiles
+    model.fit(batches(x, y, b, 0, False), epochs=1, steps_per_epoch=2, shuffle=False, verbose=0)  # compiles
     flops = 3 * 2 * sum(m * k * n for m, k, n in conv_gemms(model, 1))
     say(
         ready=time.time(),
@@ -64,7 +64,7 @@ def worker(steps):
     )
     for _go in sys.stdin:
         start = time.time()
-        model.fit(batches(x, y, b, 1, False), epochs=1, steps_per_epoch=steps, verbose=0)
+        model.fit(batches(x, y, b, 1, False), epochs=1, steps_per_epoch=steps, shuffle=False, verbose=0)
         say(images=steps * b, start=start, end=time.time())
 
 
