@@ -97,7 +97,8 @@ if compgen -G "$DEVICE/wheels/*.whl" > /dev/null; then
   export PYTHONPATH="$scratch/site${PYTHONPATH:+:$PYTHONPATH}"
   export PATH="$scratch/site/bin:$PATH"
 fi
-export KERAS_BACKEND=jax DVC_NO_ANALYTICS=1
+mkdir "$scratch/bin" && ln -s "$(command -v "$PYTHON")" "$scratch/bin/python"  # dvc.yaml's commands run `python`
+export PATH="$scratch/bin:$PATH" KERAS_BACKEND=jax DVC_NO_ANALYTICS=1
 "$PYTHON" -c 'import importlib.util as u, sys, jax, keras, dvc.version
 print(f"python {sys.version.split()[0]}, jax {jax.__version__}, keras {keras.__version__} on {keras.backend.backend()},",
       f"dvc {dvc.version.__version__}, tensorflow:", "installed" if u.find_spec("tensorflow") else "not installed")'
