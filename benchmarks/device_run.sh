@@ -97,7 +97,9 @@ if compgen -G "$DEVICE/wheels/*.whl" > /dev/null; then
   export PYTHONPATH="$scratch/site${PYTHONPATH:+:$PYTHONPATH}"
   export PATH="$scratch/site/bin:$PATH"
 fi
-mkdir "$scratch/bin" && ln -s "$(command -v "$PYTHON")" "$scratch/bin/python"  # dvc.yaml's commands run `python`
+# dvc.yaml's commands run `python`: a wrapper (not a link, which would lose a virtual environment) of $PYTHON
+mkdir "$scratch/bin" && printf '#!/bin/sh\nexec "%s" "$@"\n' "$(command -v "$PYTHON")" > "$scratch/bin/python"
+chmod +x "$scratch/bin/python"
 export PATH="$scratch/bin:$PATH" KERAS_BACKEND=jax DVC_NO_ANALYTICS=1
 "$PYTHON" -c 'import importlib.util as u, sys, jax, keras, dvc.version
 print(f"python {sys.version.split()[0]}, jax {jax.__version__}, keras {keras.__version__} on {keras.backend.backend()},",
