@@ -252,9 +252,10 @@ SLACK = 6  # seconds past a limit that the checks allow: the interpreter's exit,
 
 @pytest.fixture(scope="module")
 def rehearsal(tmp_path_factory):
-    """benchmarks/device_run.sh --tiny in a copy of the project, on JAX without TensorFlow, with a plain-tar
-    archive, and a $TMPDIR holding a planted `gpu-study-*` folder (issue 21: the old study ran code from one):
-    (repo, output, wall seconds, OUT, TMPDIR)."""
+    """benchmarks/device_run.sh --tiny in a copy of the project (one grid entry and the experiment's model: on
+    2 busy cores a JAX process takes ~100 s to start), on JAX without TensorFlow, with a plain-tar archive,
+    and a $TMPDIR holding a planted `gpu-study-*` folder (issue 21: the old study ran code from one): (repo,
+    output, wall seconds, OUT, TMPDIR)."""
     base = tmp_path_factory.mktemp("device")
     device, tmp, out = base / ".device", base / "tmp", base / "out"
     device.mkdir()
@@ -276,7 +277,12 @@ def rehearsal(tmp_path_factory):
         "TMPDIR": str(tmp),
     }
     t0 = time.time()
-    p = run(["bash", "benchmarks/device_run.sh", "--tiny", "-j", "3"], repo, env=env, timeout=LIMIT + 60)
+    p = run(
+        ["bash", "benchmarks/device_run.sh", "--tiny", "-j", "2", "-S", "grid.activation=[relu]"],
+        repo,
+        env=env,
+        timeout=LIMIT + 60,
+    )
     return repo, p.stdout, time.time() - t0, out, tmp
 
 
@@ -300,12 +306,12 @@ def test_the_budgeted_study_writes_the_pipelines_report_with_the_epochs_it_fitte
     # the pipeline's own results, copied back: dvc.lock, the metrics, the report and summary at E epochs
     assert yaml.safe_load((out / "run/params.yaml").read_text())["train"]["epochs"] == e
     lock = yaml.safe_load((out / "run/dvc.lock").read_text())["stages"]
-    assert {"train@cifar10-relu-False-0", "train@cifar10-elu-False-0", "train_exp", "report"} <= set(lock)
-    for f in ("cifar10-relu-False-0.json", "cifar10-elu-False-0.json"):
-        m = json.loads((out / "run/metrics/grid" / f).read_text())
+    assert {"train@cifar10-relu-False-0", "train_exp", "report"} <= set(lock), output[-3000:]
+    for f in ("grid/cifar10-relu-False-0.json", "experiment.json"):
+        m = json.loads((out / "run/metrics" / f).read_text())
         assert (m["epochs"], m["backend"]) == (e, "jax")
     summary = json.loads((out / "run/metrics/summary.json").read_text())["cifar10"]
-    assert f"{e} epoch" in summary["configuration"] and sorted(summary["variants"]) == ["elu", "relu"]
+    assert f"{e} epoch" in summary["configuration"] and list(summary["variants"]) == ["relu"]
     assert (out / "run/reports/report.md").is_file()
 
 
