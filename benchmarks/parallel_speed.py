@@ -72,8 +72,8 @@ def mechanisms(base, jobs):
 
 
 def jobs_speed(base, archive, counts, overrides):
-    for n in counts:
-        repo = make_project(base / f"j{n}", archive)
+    for i, n in enumerate(counts):  # each in a fresh project: nothing comes from an earlier one's cache
+        repo = make_project(base / f"{i}-j{n}", archive)
         set_params(repo, **overrides)
         run(["git", "commit", "-qam", "recipe"], repo)
         t0 = time.time()
