@@ -151,21 +151,27 @@ def _unraisable(hook):
     return quiet
 
 
-def _arm():
+def _arm(watch):
     sys.unraisablehook = _unraisable(sys.unraisablehook)
     signal.signal(signal.SIGTERM, _raise_in_main_thread)
     signal.signal(signal.SIGINT, _raise_in_main_thread)
+    if watch:
+        _start_watcher()
+    _die_with_parent()
+
+
+def _start_watcher():
     read, write = os.pipe()
     os.set_blocking(write, False)
     signal.set_wakeup_fd(write, warn_on_full_buffer=False)
     threading.Thread(target=_watch, args=(read,), daemon=True).start()
-    _die_with_parent()
 
 
-def cli(main):
-    """Runs a stage's main(); see the module's docstring."""
+def cli(main, watch=True):
+    """Runs a stage's main(); see the module's docstring. watch=False: no watcher ends the process GRACE
+    seconds after a signal (stages.parallel, whose clean-up, stopping its workers, takes longer by design)."""
     try:
-        _arm()
+        _arm(watch)
         with _without_native_noise():
             main()
     except UserError as e:
