@@ -2,12 +2,17 @@
 reaches: checkpoints/<entry>/epoch-NNNN/{model.weights.h5, history.json} plus config.json, the fingerprint.
 
 A checkpoint is resumed only if its fingerprint equals the run's: the params, the seed, the precision, the
-backend, the prepared data's sha256 and the sha256 of every source file the train stage lists in dvc.yaml (code
-changed since the kill: start over, as dvc.lock records the new code). A checkpoint whose weights' checksum,
-epoch count or optimizer step count disagrees with its history is damaged: never loaded.
+backend, the prepared data's sha256 and the sha256 of every source file the train stage lists in dvc.yaml
+(code changed since the kill: start over, as dvc.lock records the new code). A checkpoint whose weights'
+checksum, epoch count or optimizer step count disagrees with its history is damaged: never loaded.
+
+A finished model is kept under its fingerprint in checkpoints/finished/ (keep_finished): a later train stage
+of the same fingerprint copies it (restore_finished) instead of training it again. Deleting the folder is
+always safe: it only costs that training.
 """
 
 import errno
+import hashlib
 import json
 import shutil
 from pathlib import Path
@@ -18,6 +23,9 @@ import yaml
 from stages.outputs import atomic_path, digest, write_json
 
 KEEP = 2  # newest checkpoints kept: one may be damaged later (disk full, a kill mid-write)
+# finished models by fingerprint: a model that train_exp and a train@<key> would both train (the experiment's
+# entry equal to a grid entry, as at the defaults) is trained once and copied for the other
+FINISHED = Path("checkpoints/finished")
 
 
 def sha256(path):
@@ -31,13 +39,14 @@ def code_digest(stage):
 
 
 def seed_states(model):
-    """The Dropout layers' random-number states: save_weights() leaves them out, yet a resumed run needs them to
-    draw the masks an uninterrupted run would draw; history.json keeps them."""
+    """The Dropout layers' random-number states: save_weights() leaves them out, yet a resumed run needs them
+    to draw the masks an uninterrupted run would draw; history.json keeps them."""
     return [v for v in model.variables if v.name == "seed_generator_state"]
 
 
 def _intact(d, fingerprint, model, steps_per_epoch):
-    """The history of checkpoint folder d if it is whole and consistent (and the model then holds its weights)."""
+    """The history of checkpoint folder d if it is whole and consistent (and the model then holds its
+    weights)."""
     meta = json.loads((d / "history.json").read_text())
     epoch, history = meta["epoch"], meta["history"]
     if (
@@ -57,8 +66,9 @@ def _intact(d, fingerprint, model, steps_per_epoch):
 
 
 def resume(ckpt_dir, fingerprint, build, steps_per_epoch):
-    """(model, epoch, history): the newest intact checkpoint made with this exact fingerprint loaded into a model
-    from build() (built, compiled, optimizer built), or build()'s fresh model, (…, 0, []) when there is none.
+    """(model, epoch, history): the newest intact checkpoint made with this exact fingerprint loaded into a
+    model from build() (built, compiled, optimizer built), or build()'s fresh model, (…, 0, []) when there is
+    none.
     Checkpoints of another fingerprint are deleted."""
     config = ckpt_dir / "config.json"
     if not config.exists() or json.loads(config.read_text()) != fingerprint:
@@ -83,7 +93,8 @@ def resume(ckpt_dir, fingerprint, build, steps_per_epoch):
 
 
 def newest(ckpt_dir):
-    """The epoch of the newest checkpoint written whole (atomic_path renames a finished one into place); 0: none."""
+    """The epoch of the newest checkpoint written whole (atomic_path renames a finished one into place);
+    0: none."""
     return max(
         (int(d.name.split("-")[1]) for d in Path(ckpt_dir).glob("epoch-[0-9]*") if d.is_dir()), default=0
     )
@@ -94,8 +105,9 @@ def weights(ckpt_dir, epoch):
 
 
 def _room_for(ckpt_dir, model):
-    """Refuses (ENOSPC, one line through stages.cli) a checkpoint the disk cannot hold: h5py, out of space in
-    the middle of a file, raised from its destructors and then crashed the interpreter (a segmentation fault)."""
+    """Refuses (ENOSPC, one line through stages.cli) a checkpoint the disk cannot hold: h5py, out of space
+    in the middle of a file, raised from its destructors and then crashed the interpreter (a segmentation
+    fault)."""
     need = 2 * sum(
         int(np.prod(v.shape)) * np.dtype(v.dtype).itemsize
         for v in [*model.variables, *model.optimizer.variables]
@@ -125,3 +137,34 @@ def save(ckpt_dir, model, history):
         )
     for old in sorted(ckpt_dir.glob("epoch-*"))[:-KEEP]:
         shutil.rmtree(old)
+
+
+def _finished(fingerprint):
+    """The store's folder for a fingerprint: checkpoints/finished/<16 hex digits of its sha256>."""
+    return FINISHED / hashlib.sha256(json.dumps(fingerprint, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def keep_finished(fingerprint, paths):
+    """Copies a finished model's outputs (paths: Entry.paths) into the store under its fingerprint."""
+    with atomic_path(_finished(fingerprint), directory=True) as d:
+        shutil.copy(paths["model"], d / "model.keras")
+        shutil.copy(paths["summary"], d / "summary.json")
+        shutil.copytree(paths["live"], d / "live")
+        write_json(d / "fingerprint.json", fingerprint)
+
+
+def restore_finished(fingerprint, paths):
+    """The folder a model of this fingerprint was kept in, its outputs copied to paths; None if there is none.
+    Same fingerprint, same weights: the params, seed, precision, backend, data and code all agree."""
+    d = _finished(fingerprint)
+    try:
+        if json.loads((d / "fingerprint.json").read_text()) != fingerprint:
+            return None
+    except (OSError, ValueError):
+        return None
+    with atomic_path(paths["live"], directory=True) as live:
+        shutil.copytree(d / "live", live, dirs_exist_ok=True)
+    for name, out in (("model.keras", paths["model"]), ("summary.json", paths["summary"])):
+        with atomic_path(out) as tmp:
+            shutil.copy(d / name, tmp)
+    return d

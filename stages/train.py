@@ -103,6 +103,18 @@ def queued(entry, params):
     return sum(not e.paths["model"].exists() for e in grid_entries(params) if e != entry)
 
 
+def restored(out, fp):
+    """True when a model of this exact fingerprint was trained before, by train_exp or a train@<key> (at
+    the defaults the experiment's entry is the grid's cifar10-relu-False-0): its outputs are copied, not
+    trained again."""
+    kept = checkpoint.restore_finished(fp, out)
+    if kept:
+        print(
+            f"restored {out['model']} from {kept}: the same model (params, seed, data, code) trained before"
+        )
+    return kept is not None
+
+
 def fit(model, per_epoch, data, t, start, seed, val_batch):
     """Trains epochs start+1..t["epochs"]; data = (x_train, y_train, x_val, y_val)."""
     from stages.pipeline import batches
@@ -172,9 +184,10 @@ def main():
 
     build = lambda: build_model(entry, params, len(classes), data[0], steps, scope)  # noqa: E731
     stage = "train_exp" if entry.experiment else "train"
-    model, start, history = checkpoint.resume(
-        out["ckpt"], fingerprint(entry, params, precision, stage), build, steps
-    )
+    fp = fingerprint(entry, params, precision, stage)
+    if restored(out, fp):
+        return
+    model, start, history = checkpoint.resume(out["ckpt"], fp, build, steps)
     live = Live(str(out["live"]), save_dvc_exp=False, dvcyaml=None, report=None)
     for logs in history:  # a resumed run's curves start with the epochs already done
         each_epoch.log_epoch(live, logs)
@@ -211,6 +224,7 @@ def main():
     write_json(
         out["summary"], summary(entry, t, per_epoch, data, precision, device, start, time.perf_counter() - t0)
     )
+    checkpoint.keep_finished(fp, out)  # for train_exp or a train@<key> of the same fingerprint
     shutil.rmtree(out["ckpt"])  # done: the model is saved, the checkpoint is no longer needed
     done = per_epoch.history
     print(f"saved {out['model']} ({count(len(done), 'epoch')}, {sum(h['seconds'] for h in done):.0f} s)")

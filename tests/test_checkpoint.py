@@ -1,12 +1,15 @@
-"""stages/checkpoint.py in-process, on a small real Keras model: the newest intact checkpoint is resumed; damaged
-ones (checksum, epoch count, step count, history beyond train.epochs) and other configurations' never are."""
+"""stages/checkpoint.py in-process, on a small real Keras model: the newest intact checkpoint is resumed;
+damaged ones (checksum, epoch count, step count, history beyond train.epochs) and other configurations' never
+are. And through DVC: a finished model is kept by fingerprint, so a model two stages share is trained once."""
 
 import json
+import re
 
 import numpy as np
 import pytest
 
 from stages import checkpoint
+from tests.conftest import dvc, make_project
 
 FINGERPRINT = {
     "dataset": "cifar10",
@@ -129,3 +132,28 @@ def test_checkpoint_of_another_configuration_is_discarded(two_epochs, change):
     model, start, history = checkpoint.resume(ckpt, fingerprint, build, STEPS)
     assert (start, history) == (0, []) and same(model, build())
     assert not list(ckpt.glob("epoch-*"))  # never resumed from, so removed
+
+
+@pytest.mark.e2e
+def test_a_model_the_experiment_and_the_grid_share_is_trained_once(tmp_path, cifar10_archive):
+    """At the defaults the experiment's model (relu, no BN, train.seed 0) is the grid's cifar10-relu-False-0:
+    `dvc repro` trains it once and copies it for the other stage."""
+    repo = make_project(tmp_path / "repo", cifar10_archive)  # TINY: grid relu, elu; the experiment's relu
+
+    def runs(out):
+        trained = re.findall(r"^training (\S+):", out, re.M)
+        return sorted(trained), re.findall(r"^restored (\S+) from checkpoints/finished/", out, re.M)
+
+    assert runs(dvc("repro", cwd=repo).stdout) == (
+        ["models/experiment.keras", "models/grid/cifar10-elu-False-0.keras"],
+        ["models/grid/cifar10-relu-False-0.keras"],
+    )
+    grid = json.loads((repo / "metrics/grid/cifar10-relu-False-0.json").read_text())
+    exp = json.loads((repo / "metrics/experiment.json").read_text())
+    assert (exp["test_loss"], exp["epochs"]) == (grid["test_loss"], 2)
+    for name in ("train/loss.tsv", "eval/accuracy.tsv"):  # the curves, epoch by epoch
+        a, b = (
+            repo / d / "plots/metrics" / name
+            for d in ("dvclive/experiment", "dvclive/grid/cifar10-relu-False-0")
+        )
+        assert a.read_text() == b.read_text() and len(a.read_text().splitlines()) == 3
