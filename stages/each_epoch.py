@@ -77,14 +77,15 @@ class EachEpoch(keras.callbacks.Callback):
         msg = f"expected: {duration(epoch)} per epoch, {duration(left)} for this model"
         if self.queued:
             msg += (
-                f", about {duration(left + self.queued * epoch * self.epochs)} with the grid's other "
-                f"{self.queued} model{'s' * (self.queued > 1)} not trained yet"
+                f", about {duration(left + self.queued * epoch * self.epochs)} with the {self.queued} other "
+                f"model{'s' * (self.queued > 1)} `dvc repro` trains at these params "
+                f"(python -m stages.recipes --estimate)"
             )
         print(msg, flush=True)
         if not self.on_gpu and left + self.queued * epoch * self.epochs > CPU_PATIENCE:
             print(
                 f"note: these are GPU-sized params; on a CPU, the study that ranks the variants in about 2 h "
-                f'(README, "The study on a CPU"): {recipes.command("cpu-study")}',
+                f"(README, {recipes.SECTION!r}): {recipes.command('cpu-study')}",
                 flush=True,
             )
 

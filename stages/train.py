@@ -13,7 +13,7 @@ import time
 
 import numpy as np
 
-from stages import backend, checkpoint
+from stages import backend, checkpoint, recipes
 from stages.cli import UserError, cli, on_interrupt
 from stages.entry import PREPARED, balanced_split, from_command_line, grid_entries, load_split, read_classes
 from stages.outputs import atomic_path, write_json
@@ -99,8 +99,9 @@ def interrupted_note(ckpt_dir, epochs):
 
 
 def queued(entry, params):
-    """Models of the grid, other than this one, not trained yet: what a user still waits for after this one."""
-    return sum(not e.paths["model"].exists() for e in grid_entries(params) if e != entry)
+    """Models other than this one that `dvc repro` trains at these params (dvc.lock against params.yaml, not
+    files on disk): what a user still waits for after this one."""
+    return len(recipes.still_to_train(params, entry))
 
 
 def restored(out, fp):

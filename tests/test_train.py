@@ -378,8 +378,8 @@ def test_expected_time_points_cpu_users_to_the_cpu_recipe_only_when_it_is_long(
     out = capsys.readouterr().out
     if step_seconds == 0.6:
         assert out.startswith(
-            "expected: 4 min per epoch, 8 h 46 min for this model, about 70 h 12 min with the "
-            "grid's other 7 models not trained yet"
+            "expected: 4 min per epoch, 8 h 46 min for this model, about 70 h 12 min with the 7 other "
+            "models `dvc repro` trains at these params (python -m stages.recipes --estimate)"
         )
     from stages.recipes import command
 
