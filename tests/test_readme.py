@@ -63,8 +63,9 @@ PYTHON = [c for c in commands() if c[0] == "python"]
 def test_the_readme_has_the_newcomers_path():
     """Install, the quick look, the baseline, one experiment compared three ways, the recovery: all
     present."""
-    lines = {" ".join(c[:3]) for c in DVC}
-    assert {"dvc exp run", "dvc metrics diff", "dvc exp show", "dvc plots diff", "dvc checkout"} <= lines
+    lines = [" ".join(c) for c in DVC]
+    for step in ("dvc exp run", "dvc metrics diff", "dvc exp show", "dvc plots diff", "dvc checkout"):
+        assert any(line.startswith(step) for line in lines), step
     assert "pip install -r requirements.txt" in README and 'git commit -m "baseline' in README
 
 
