@@ -156,7 +156,11 @@ def still_to_train(params, current=None):
 def estimate(params):
     todo = still_to_train(params)
     n_grid = len(grid_entries(params))
-    names = ", ".join(e.key if not e.experiment else "the experiment's own" for e in todo)
+    twin = {e.key for e in grid_entries(params)}
+    names = ", ".join(
+        e.key if not e.experiment else f"the experiment's own{' (= ' + e.key + ')' if e.key in twin else ''}"
+        for e in todo
+    )
     return [
         f"`dvc repro` would train {len(todo)} model{'s' * (len(todo) != 1)} at these params "
         f"(grid of {n_grid} plus the experiment's own; dvc.lock against params.yaml and the code)"
