@@ -1,7 +1,7 @@
-"""README.md as a user guide: every `dvc` and `python -m` command of its bash blocks is valid (DVC's own
-argument parser; a module that exists and whose --help names every flag used), its links lead to files that
-exist, and its recovery line undoes a failed experiment: params.yaml byte-identical to HEAD, `git status`
-clean."""
+"""README.md as a user guide: every `dvc` and `python -m` command of its bash blocks, and of the docs pages
+it sends a user to for reference, is valid (DVC's own argument parser; a module that exists and whose --help
+names every flag used), its links lead to files that exist, and its recovery line undoes a failed
+experiment: params.yaml byte-identical to HEAD, `git status` clean."""
 
 import contextlib
 import importlib.util
@@ -37,6 +37,8 @@ def commands(text=README):
             words, part = [*lexer, "&&"], []
             for w in words:
                 if w in ("&&", ";", "|", "||"):
+                    while part and re.fullmatch(r"[A-Z_]+=\S*", part[0]):  # CUDA_VISIBLE_DEVICES=0 dvc …
+                        part = part[1:]
                     if part[:1] == ["dvc"] or part[:2] == ["python", "-m"]:
                         found.append(part)
                     part = []
@@ -56,14 +58,16 @@ def dvc_parses(words):
     return None
 
 
-DVC = [c for c in commands() if c[0] == "dvc"]
-PYTHON = [c for c in commands() if c[0] == "python"]
+# the reference pages the README sends a user to, whose commands are held to the same check
+DOCS = "".join((ROOT / "docs" / page).read_text() for page in ("pipeline.md", "backends.md", "machines.md"))
+DVC = [c for c in commands(README + DOCS) if c[0] == "dvc"]
+PYTHON = [c for c in commands(README + DOCS) if c[0] == "python"]
 
 
 def test_the_readme_has_the_newcomers_path():
     """Install, the quick look, the baseline, one experiment compared three ways, the recovery: all
     present."""
-    lines = [" ".join(c) for c in DVC]
+    lines = [" ".join(c) for c in commands() if c[0] == "dvc"]
     for step in ("dvc exp run", "dvc metrics diff", "dvc exp show", "dvc plots diff", "dvc checkout"):
         assert any(line.startswith(step) for line in lines), step
     assert "pip install -r requirements.txt" in README and 'git commit -m "baseline' in README
@@ -78,7 +82,7 @@ def test_a_wrong_dvc_command_is_refused():
     """The check above can fail: a flag DVC does not have, a subcommand it does not have."""
     assert dvc_parses(["dvc", "exp", "show", "--only-changd"]) is not None
     assert dvc_parses(["dvc", "metrics", "difff"]) is not None
-    assert commands("```bash\ndvc repro && git add -A  # dvc push\npython -m x -j 2 | tee\n```") == [
+    assert commands("```bash\nX=1 dvc repro && git add -A  # dvc push\npython -m x -j 2 | tee\n```") == [
         ["dvc", "repro"],
         ["python", "-m", "x", "-j", "2"],
     ]
