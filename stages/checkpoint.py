@@ -145,12 +145,21 @@ def _finished(fingerprint):
 
 
 def keep_finished(fingerprint, paths):
-    """Copies a finished model's outputs (paths: Entry.paths) into the store under its fingerprint."""
-    with atomic_path(_finished(fingerprint), directory=True) as d:
-        shutil.copy(paths["model"], d / "model.keras")
-        shutil.copy(paths["summary"], d / "summary.json")
-        shutil.copytree(paths["live"], d / "live")
-        write_json(d / "fingerprint.json", fingerprint)
+    """Copies a finished model's outputs (paths: Entry.paths) into the store under its fingerprint. Best
+    effort: the stage's own outputs are written already, so a store that cannot take it (a full disk, two
+    parallel workers keeping the same model at once) costs a later training, never this stage."""
+    folder = _finished(fingerprint)
+    try:
+        with atomic_path(folder, directory=True) as d:
+            shutil.copy(paths["model"], d / "model.keras")
+            shutil.copy(paths["summary"], d / "summary.json")
+            shutil.copytree(paths["live"], d / "live")
+            write_json(d / "fingerprint.json", fingerprint)
+    except Exception as e:  # noqa: BLE001 - see above
+        print(
+            f"warning: {folder}: the finished model not kept there ({e}); nothing else is affected",
+            flush=True,
+        )
 
 
 def restore_finished(fingerprint, paths):
@@ -160,11 +169,11 @@ def restore_finished(fingerprint, paths):
     try:
         if json.loads((d / "fingerprint.json").read_text()) != fingerprint:
             return None
-    except (OSError, ValueError):
+        with atomic_path(paths["live"], directory=True) as live:
+            shutil.copytree(d / "live", live, dirs_exist_ok=True)
+        for name, out in (("model.keras", paths["model"]), ("summary.json", paths["summary"])):
+            with atomic_path(out) as tmp:
+                shutil.copy(d / name, tmp)
+    except (OSError, ValueError):  # none kept, or not whole: train it (which rewrites every output)
         return None
-    with atomic_path(paths["live"], directory=True) as live:
-        shutil.copytree(d / "live", live, dirs_exist_ok=True)
-    for name, out in (("model.keras", paths["model"]), ("summary.json", paths["summary"])):
-        with atomic_path(out) as tmp:
-            shutil.copy(d / name, tmp)
     return d
