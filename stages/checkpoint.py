@@ -167,7 +167,9 @@ def restore_finished(fingerprint, paths):
     Same fingerprint, same weights: the params, seed, precision, backend, data and code all agree."""
     d = _finished(fingerprint)
     try:
-        if json.loads((d / "fingerprint.json").read_text()) != fingerprint:
+        if json.loads((d / "fingerprint.json").read_text()) != fingerprint or not all(
+            (d / name).exists() for name in ("model.keras", "summary.json", "live")
+        ):
             return None
         with atomic_path(paths["live"], directory=True) as live:
             shutil.copytree(d / "live", live, dirs_exist_ok=True)

@@ -153,3 +153,36 @@ def test_a_model_the_experiment_and_the_grid_share_is_trained_once(tmp_path, cif
             for d in ("dvclive/experiment", "dvclive/grid/cifar10-relu-False-0")
         )
         assert a.read_text() == b.read_text() and len(a.read_text().splitlines()) == 3
+
+
+def test_a_kept_model_is_restored_only_under_its_own_fingerprint(tmp_path, monkeypatch):
+    """keep_finished/restore_finished on real files: the same fingerprint gets the kept bytes back, another
+    fingerprint or a store folder that is not whole gets nothing (and the stage then trains)."""
+    monkeypatch.chdir(tmp_path)
+    mine, other = checkpoint_paths("grid/a"), checkpoint_paths("experiment")
+    mine["model"].parent.mkdir(parents=True)
+    mine["model"].write_bytes(b"weights")
+    mine["summary"].write_text('{"epochs": 2}')
+    (mine["live"] / "plots").mkdir(parents=True)
+    (mine["live"] / "plots/loss.tsv").write_text("step\tloss\n0\t2.3\n")
+    checkpoint.keep_finished(FINGERPRINT, mine)
+    assert checkpoint.restore_finished({**FINGERPRINT, "seed": 1}, other) is None
+    assert not other["model"].exists()
+    kept = checkpoint.restore_finished(FINGERPRINT, other)
+    assert kept is not None and kept.parent == checkpoint.FINISHED
+    assert other["model"].read_bytes() == b"weights" and other["summary"].read_text() == '{"epochs": 2}'
+    assert (other["live"] / "plots/loss.tsv").read_text() == "step\tloss\n0\t2.3\n"
+    (kept / "model.keras").unlink()  # not whole: nothing of it is restored
+    third = checkpoint_paths("grid/b")
+    assert checkpoint.restore_finished(FINGERPRINT, third) is None
+    assert not any(p.exists() for p in third.values())
+
+
+def checkpoint_paths(rel):
+    from pathlib import Path
+
+    return {
+        "model": Path(f"models/{rel}.keras"),
+        "summary": Path(f"models/{rel}.json"),
+        "live": Path("dvclive", rel),
+    }
