@@ -3,6 +3,7 @@ is the same), the README section the train stage points at exists, and the model
 counted as `dvc status` counts them (dvc.lock against params.yaml and the code), not from files on disk."""
 
 import json
+import re
 import subprocess
 import sys
 
@@ -117,3 +118,27 @@ def test_the_estimate_counts_what_dvc_status_would_rerun(tmp_path, cifar10_archi
     (repo / "stages/pipeline.py").write_text((ROOT / "stages/pipeline.py").read_text())
     set_params(repo, activation="elu")
     assert status() == ["train_exp"] and counted() == ["experiment"]
+
+
+def minutes(seconds):
+    h, m = divmod(round(seconds / 60), 60)
+    return f"{h} h {m:02d} min" if h else f"{m} min"
+
+
+def test_a_time_measured_here_quotes_its_committed_log():
+    """A TIMES row whose source is a log under docs/times/ quotes that run's wall-clock and CPU time (GNU
+    time's -v report, the whole `dvc exp run`), and the run ended well."""
+    logs = [(time, re.search(r"docs/times/\S+\.txt", src)) for *_, time, src in recipes.TIMES]
+    assert any(m for _, m in logs)
+    for time, m in logs:
+        if m:
+            log = (ROOT / m[0]).read_text()
+            wall = re.search(
+                r"Elapsed \(wall clock\) time \(h:mm:ss or m:ss\): (?:(\d+):)?(\d+):([\d.]+)", log
+            )
+            seconds = int(wall[1] or 0) * 3600 + int(wall[2]) * 60 + float(wall[3])
+            cpu = sum(
+                float(re.search(rf"{k} time \(seconds\): ([\d.]+)", log)[1]) for k in ("User", "System")
+            )
+            assert time == f"{minutes(seconds)} ({minutes(cpu)} CPU)", (m[0], time)
+            assert "\nrc 0\n" in log and "Exit status: 0" in log
