@@ -15,7 +15,8 @@ pytestmark = pytest.mark.e2e  # trains and runs DVC: the whole module is outside
 
 
 def shown(repo):
-    """{experiment name: its metrics/experiment.json test error and activation} as `dvc exp show` lists them."""
+    """{experiment name: its metrics/experiment.json test error and activation} as `dvc exp show` lists
+    them."""
     out = dvc(
         "exp", "show", "--csv", "--drop", ".*", "--keep", "Experiment|activation|.*test_error", cwd=repo
     ).stdout
