@@ -55,8 +55,8 @@ TIMES = [
     (
         "quick-look",
         "AVX2 only (AMD EPYC), float32",
-        "MEASURING",
-        "shared cores; docs/times/quick-look-avx2.txt",
+        "not measured whole",
+        "6 of 9 models in 57 min (24 min CPU) at load 15-21, then stopped; docs/times/quick-look-avx2.txt",
     ),
     ("cpu-study", "AMX (Intel Xeon), bf16", "2 h 05 min", "shared cores; docs/results/cifar10-cpu/RUN.md"),
     ("cpu-study", "AVX-512 BF16 or AVX2", "not measured", "the train stage prints its estimate"),
