@@ -10,9 +10,14 @@ Whatever a power cut, a full disk or a hand leaves there never fails the stage: 
 (empty, garbage, a folder), an unreadable history.json (100,000 levels deep), a symbolic link or a file where
 a folder belongs are set aside (renamed damaged-<name> beside it, replacing an older one) with a warning, and
 training starts over (or resumes from an older intact checkpoint).
+
+A finished model is kept under its fingerprint in checkpoints/finished/ (keep_finished): a later train stage
+of the same fingerprint copies it (restore_finished) instead of training it again. Deleting the folder is
+always safe: it only costs that training.
 """
 
 import errno
+import hashlib
 import json
 import os
 import shutil
@@ -60,6 +65,11 @@ def _real_folder(ckpt_dir):
                 part, f"warning: {part}: a symbolic link or a file where a folder belongs; starting over"
             )
     ckpt_dir.mkdir(parents=True, exist_ok=True)
+
+
+# finished models by fingerprint: a model that train_exp and a train@<key> would both train (the experiment's
+# entry equal to a grid entry, as at the defaults) is trained once and copied for the other
+FINISHED = Path("checkpoints/finished")
 
 
 def sha256(path):
@@ -179,3 +189,45 @@ def save(ckpt_dir, model, history):
         )
     for old in sorted(ckpt_dir.glob("epoch-*"))[:-KEEP]:
         shutil.rmtree(old)
+
+
+def _finished(fingerprint):
+    """The store's folder for a fingerprint: checkpoints/finished/<16 hex digits of its sha256>."""
+    return FINISHED / hashlib.sha256(json.dumps(fingerprint, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def keep_finished(fingerprint, paths):
+    """Copies a finished model's outputs (paths: Entry.paths) into the store under its fingerprint. Best
+    effort: the stage's own outputs are written already, so a store that cannot take it (a full disk, two
+    parallel workers keeping the same model at once) costs a later training, never this stage."""
+    folder = _finished(fingerprint)
+    try:
+        with atomic_path(folder, directory=True) as d:
+            shutil.copy(paths["model"], d / "model.keras")
+            shutil.copy(paths["summary"], d / "summary.json")
+            shutil.copytree(paths["live"], d / "live")
+            write_json(d / "fingerprint.json", fingerprint)
+    except Exception as e:  # noqa: BLE001 - see above
+        print(
+            f"warning: {folder}: the finished model not kept there ({e}); nothing else is affected",
+            flush=True,
+        )
+
+
+def restore_finished(fingerprint, paths):
+    """The folder a model of this fingerprint was kept in, its outputs copied to paths; None if there is none.
+    Same fingerprint, same weights: the params, seed, precision, backend, data and code all agree."""
+    d = _finished(fingerprint)
+    try:
+        if read_json(d / "fingerprint.json") != fingerprint or not all(
+            (d / name).exists() for name in ("model.keras", "summary.json", "live")
+        ):
+            return None
+        with atomic_path(paths["live"], directory=True) as live:
+            shutil.copytree(d / "live", live, dirs_exist_ok=True)
+        for name, out in (("model.keras", paths["model"]), ("summary.json", paths["summary"])):
+            with atomic_path(out) as tmp:
+                shutil.copy(d / name, tmp)
+    except DAMAGED:  # none kept, or not whole: train it (which rewrites every output)
+        return None
+    return d

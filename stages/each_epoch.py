@@ -19,7 +19,7 @@ CPU_PATIENCE = 4 * 3600  # seconds: a grid expected to take longer on a CPU gets
 # so that a new recipe retrains nothing
 CPU_POINTER = (
     "note: these are GPU-sized params; on a CPU, the recipe cpu-study ranks the variants in about 2 h "
-    '(README, "The study on a CPU"); `python -m stages.recipes` prints its command'
+    '(README, "Sizes and times"); `python -m stages.recipes` prints its command'
 )
 
 
@@ -85,7 +85,8 @@ class EachEpoch(keras.callbacks.Callback):
         if self.queued:
             msg += (
                 f", about {duration(left + self.queued * epoch * self.epochs)} with the grid's other "
-                f"{self.queued} model{'s' * (self.queued > 1)} not trained yet"
+                f"{self.queued} model{'s' * (self.queued > 1)} not trained yet "
+                f"(`python -m stages.recipes --estimate` counts what `dvc repro` would train)"
             )
         print(msg, flush=True)
         if not self.on_gpu and left + self.queued * epoch * self.epochs > CPU_PATIENCE:

@@ -214,7 +214,7 @@ def _validate(schema, values, prefix, errors):
             errors.append(f"{prefix}{name}: unknown key; {hint}")
     for key, check in schema.items():
         if key not in values:
-            errors.append(f"{prefix}{key}: missing; see the README's params.yaml section")
+            errors.append(f"{prefix}{key}: missing; see the params.yaml section of docs/pipeline.md")
         elif isinstance(check, dict):
             _validate(check, values[key], f"{prefix}{key}.", errors)
         elif (allowed := check(values[key])) is not None:

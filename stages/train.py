@@ -98,6 +98,18 @@ def queued(entry, params):
     return sum(not e.paths["model"].exists() for e in grid_entries(params) if e != entry)
 
 
+def restored(out, fp):
+    """True when a model of this exact fingerprint was trained before, by train_exp or a train@<key> (at
+    the defaults the experiment's entry is the grid's cifar10-relu-False-0): its outputs are copied, not
+    trained again."""
+    kept = checkpoint.restore_finished(fp, out)
+    if kept:
+        print(
+            f"restored {out['model']} from {kept}: the same model (params, seed, data, code) trained before"
+        )
+    return kept is not None
+
+
 def recorder(entry, params, data, history, steps, on_gpu):
     """The per-epoch callback (stages/each_epoch.py), its dvclive curves holding the epochs already done."""
     from dvclive import Live
@@ -205,9 +217,10 @@ def main():
         steps=steps,
         scope=scope,
     )
-    model, start, history = checkpoint.resume(
-        out["ckpt"], fingerprint(entry, params, precision), build, steps
-    )
+    fp = fingerprint(entry, params, precision)
+    if restored(out, fp):
+        return
+    model, start, history = checkpoint.resume(out["ckpt"], fp, build, steps)
     session = {"precision": precision, "device": device, "resumed_from_epoch": start or None}
     per_epoch = recorder(entry, params, data, history, steps, on_gpu=device != "cpu")
     per_epoch.set_model(model)
@@ -222,6 +235,7 @@ def main():
         model.save(tmp, include_optimizer=False)
     session["session_seconds"] = time.perf_counter() - t0
     write_json(out["summary"], summary(entry, t, per_epoch, data, session))
+    checkpoint.keep_finished(fp, out)  # for train_exp or a train@<key> of the same fingerprint
     shutil.rmtree(out["ckpt"])  # done: the model is saved, the checkpoint is no longer needed
     done = per_epoch.history
     print(f"saved {out['model']} ({count(len(done), 'epoch')}, {sum(h['seconds'] for h in done):.0f} s)")

@@ -1,13 +1,15 @@
 """stages/checkpoint.py in-process, on a small real Keras model: the newest intact checkpoint is resumed;
 damaged ones (checksum, epoch count, step count, history beyond train.epochs) and other configurations' never
-are."""
+are. And through DVC: a finished model is kept by fingerprint, so a model two stages share is trained once."""
 
 import json
+import re
 
 import numpy as np
 import pytest
 
 from stages import checkpoint
+from tests.conftest import dvc, make_project
 
 FINGERPRINT = {
     "dataset": "cifar10",
@@ -222,3 +224,57 @@ def test_a_symlinked_checkpoint_folder_is_set_aside_and_nothing_outside_is_writt
     checkpoint.save(ckpt, model, [{"loss": 0.0}])
     assert (ckpt / "epoch-0001/model.weights.h5").is_file() and not ckpt.is_symlink()
     assert sorted(p.name for p in outside.iterdir()) == ["thesis.tex"]  # nothing written through the link
+
+
+@pytest.mark.e2e
+def test_a_model_the_experiment_and_the_grid_share_is_trained_once(tmp_path, cifar10_archive):
+    """At the defaults the experiment's model (relu, no BN, train.seed 0) is the grid's cifar10-relu-False-0:
+    `dvc repro` trains it once and copies it for the other stage (a one-entry grid: the whole check)."""
+    repo = make_project(tmp_path / "repo", cifar10_archive, {"grid": {"activation": ["relu"]}})
+    out = dvc("repro", cwd=repo).stdout
+    assert re.findall(r"^training (\S+):", out, re.M) == ["models/experiment.keras"]
+    assert re.findall(r"^restored (\S+) from checkpoints/finished/", out, re.M) == [
+        "models/grid/cifar10-relu-False-0.keras"
+    ]
+    grid = json.loads((repo / "metrics/grid/cifar10-relu-False-0.json").read_text())
+    exp = json.loads((repo / "metrics/experiment.json").read_text())
+    assert (exp["test_loss"], exp["epochs"]) == (grid["test_loss"], 2)
+    for name in ("train/loss.tsv", "eval/accuracy.tsv"):  # the curves, epoch by epoch
+        a, b = (
+            repo / d / "plots/metrics" / name
+            for d in ("dvclive/experiment", "dvclive/grid/cifar10-relu-False-0")
+        )
+        assert a.read_text() == b.read_text() and len(a.read_text().splitlines()) == 3
+
+
+def test_a_kept_model_is_restored_only_under_its_own_fingerprint(tmp_path, monkeypatch):
+    """keep_finished/restore_finished on real files: the same fingerprint gets the kept bytes back, another
+    fingerprint or a store folder that is not whole gets nothing (and the stage then trains)."""
+    monkeypatch.chdir(tmp_path)
+    mine, other = checkpoint_paths("grid/a"), checkpoint_paths("experiment")
+    mine["model"].parent.mkdir(parents=True)
+    mine["model"].write_bytes(b"weights")
+    mine["summary"].write_text('{"epochs": 2}')
+    (mine["live"] / "plots").mkdir(parents=True)
+    (mine["live"] / "plots/loss.tsv").write_text("step\tloss\n0\t2.3\n")
+    checkpoint.keep_finished(FINGERPRINT, mine)
+    assert checkpoint.restore_finished({**FINGERPRINT, "seed": 1}, other) is None
+    assert not other["model"].exists()
+    kept = checkpoint.restore_finished(FINGERPRINT, other)
+    assert kept is not None and kept.parent == checkpoint.FINISHED
+    assert other["model"].read_bytes() == b"weights" and other["summary"].read_text() == '{"epochs": 2}'
+    assert (other["live"] / "plots/loss.tsv").read_text() == "step\tloss\n0\t2.3\n"
+    (kept / "model.keras").unlink()  # not whole: nothing of it is restored
+    third = checkpoint_paths("grid/b")
+    assert checkpoint.restore_finished(FINGERPRINT, third) is None
+    assert not any(p.exists() for p in third.values())
+
+
+def checkpoint_paths(rel):
+    from pathlib import Path
+
+    return {
+        "model": Path(f"models/{rel}.keras"),
+        "summary": Path(f"models/{rel}.json"),
+        "live": Path("dvclive", rel),
+    }

@@ -77,7 +77,7 @@ def test_misspelt_key_is_named_with_a_did_you_mean_hint(key, typo, hint):
     assert errors == [
         f"{dotted}: unknown key; {hint}",
         f"{dotted.rsplit('.', 1)[0] + '.' if key else ''}{right}: missing; "
-        "see the README's params.yaml section",
+        "see the params.yaml section of docs/pipeline.md",
     ]
 
 
@@ -311,7 +311,7 @@ def test_check_command_exits_2_and_writes_nothing(tmp_path):
         "error: params.yaml: activation = 'relu; touch pwned': must be a lower-case name of letters, digits "
         "and _ (it becomes part of stage names and paths)",
         "error: params.yaml: grid.datset: unknown key; did you mean grid.dataset?",
-        "error: params.yaml: grid.dataset: missing; see the README's params.yaml section",
+        "error: params.yaml: grid.dataset: missing; see the params.yaml section of docs/pipeline.md",
         "error: params.yaml: train.batch_size = 0: must be an integer in [1, 50000]",
     ]
     assert not (tmp_path / "data").exists() and not (tmp_path / "pwned").exists()

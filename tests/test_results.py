@@ -117,3 +117,14 @@ def test_readme_test_times_are_the_committed_logs():
     )
     assert f'| the fast tier (`-m "not e2e"`) | {fast} | {fast_s:.0f} s | |' in table
     assert f"| the whole suite | {whole} | {whole_s:,.0f} s |" in table
+
+
+def test_readme_rank_block_is_what_dvc_metrics_show_prints():
+    """The README's `dvc metrics show …/metrics/rank` block is DVC's output on the committed rank files."""
+    block = re.search(
+        r"```console\n\$ (dvc metrics show \S+)\n(.*?)\n```", (ROOT / "README.md").read_text(), re.S
+    )
+    assert block, "README: no `dvc metrics show` console block"
+    p = subprocess.run(block.group(1).split(), cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert p.returncode == 0 and p.stdout.rstrip() == block.group(2), p.stdout + p.stderr
+    assert len(block.group(2).splitlines()) == 1 + 8  # a header, then the 8 variants by rank

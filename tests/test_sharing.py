@@ -1,6 +1,7 @@
-"""Sharing experiments (README, "Sharing experiments"): `dvc exp push` from one clone to a Git remote and a
-DVC remote, `dvc exp pull` in another clone, which then lists the experiment with its metrics and restores its
-model. Real git and DVC: a bare repository as origin, a local folder as the DVC remote, a tiny experiment."""
+"""Sharing experiments (docs/machines.md, "Sharing experiments"): `dvc exp push` from one clone to a Git
+remote and a DVC remote, `dvc exp pull` in another clone, which then lists the experiment with its metrics and
+restores its model. Real git and DVC: a bare repository as origin, a local folder as the DVC remote, a tiny
+experiment."""
 
 import csv
 import io
