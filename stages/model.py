@@ -66,13 +66,12 @@ def make_activation(activation, model_params, **kw):
 
 def make_net(num_classes, activation, batch_norm, model_params, weight_decay, mean, variance):
     """ALL-CNN-C. Input: (N, 32, 32, 3) uint8-valued floats; output: (N, num_classes) softmax, float32.
-
     mean/variance: per-channel statistics of the training split, so the saved model takes raw pixels.
-    weight_decay: Caffe-style coefficient lambda (gradient += lambda * w), i.e. an L2 loss of lambda / 2.
-    """
+    weight_decay: Caffe-style coefficient lambda (gradient += lambda * w), i.e. an L2 loss of lambda / 2."""
     import keras
-    from keras import layers
 
+    layers = keras.layers
+    l2 = keras.regularizers.L2(weight_decay / 2)  # every conv's kernel; BN's and PReLU's weights: none
     c1, c2 = round(96 * model_params["width"]), round(192 * model_params["width"])
     # (filters, kernel, stride, padding); "drop" = dropout 0.5 after each stride-2 conv
     spec = [
@@ -96,17 +95,8 @@ def make_net(num_classes, activation, batch_norm, model_params, weight_decay, me
         if item == "drop":
             x = layers.Dropout(model_params["dropout_hidden"], name=f"drop{n}")(x)
             continue
-        filters, kernel, stride, padding = item
-        n += 1
-        x = layers.Conv2D(
-            filters,
-            kernel,
-            stride,
-            padding,
-            use_bias=not batch_norm,
-            name=f"conv{n}",
-            kernel_regularizer=keras.regularizers.L2(weight_decay / 2),
-        )(x)
+        n += 1  # item: (filters, kernel, stride, padding)
+        x = layers.Conv2D(*item, use_bias=not batch_norm, kernel_regularizer=l2, name=f"conv{n}")(x)
         if batch_norm:
             x = ours().BatchNorm(name=f"bn{n}")(x)  # keras.layers.BatchNormalization, fused on TF
         x = make_activation(activation, model_params, name=f"{ACT_PREFIX}{n}")(x)
