@@ -19,7 +19,7 @@ CPU_PATIENCE = 4 * 3600  # seconds: a grid expected to take longer on a CPU gets
 # so that a new recipe retrains nothing
 CPU_POINTER = (
     "note: these are GPU-sized params; on a CPU, the recipe cpu-study ranks the variants in about 2 h "
-    '(README, "Sizes and times"); `python -m stages.recipes` prints its command'
+    "(README, 'Sizes and times'); `python -m stages.recipes` prints its command"
 )
 
 

@@ -89,7 +89,7 @@ def set_params(values, check=load):
     rt.representer.add_representer(
         type(None), lambda r, _: r.represent_scalar("tag:yaml.org,2002:null", "null")
     )
-    before = path.read_text()
+    before = path.read_text(encoding="utf-8")
     doc = rt.load(before)
     for value in values:
         key, sep, text = value.partition("=")
@@ -100,12 +100,12 @@ def set_params(values, check=load):
         if not sep or not isinstance(node, dict) or leaf not in node:
             raise UserError(f"-S {value}: not key=value of a key params.yaml has; e.g. -S train.epochs=30")
         node[leaf] = YAML(typ="safe").load(text)
-    with open(path, "w") as f:
+    with open(path, "w", encoding="utf-8") as f:
         rt.dump(doc, f)
     try:
         return check()
     except UserError:
-        path.write_text(before)
+        path.write_text(before, encoding="utf-8")
         raise
 
 
@@ -260,7 +260,7 @@ def read_measurement(path):
     if path is None:
         return None
     try:
-        m = json.loads(path.read_text())
+        m = json.loads(path.read_text(encoding="utf-8"))
         return m if isinstance(m.get("rates"), dict) and m.get("startup_seconds", 0) >= 0 else None
     except (OSError, ValueError, AttributeError):
         print(f"plan: {path}: no measurement there; planning without one")

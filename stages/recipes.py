@@ -138,8 +138,9 @@ def still_to_train(params, current=None):
     entries and the experiment's own, as dvc.lock against params.yaml and the code says (what `dvc status`
     lists; DVC's run-cache may still restore some). The experiment's model counts once when it equals a grid
     entry (stages/train.py copies it)."""
-    lock = yaml.safe_load(Path("dvc.lock").read_text())["stages"] if Path("dvc.lock").exists() else {}
-    stages = yaml.safe_load(Path("dvc.yaml").read_text())["stages"]
+    lock_file = Path("dvc.lock")
+    lock = yaml.safe_load(lock_file.read_text(encoding="utf-8"))["stages"] if lock_file.exists() else {}
+    stages = yaml.safe_load(Path("dvc.yaml").read_text(encoding="utf-8"))["stages"]
     todo = []
     for entry in [experiment_entry(params), *grid_entries(params)]:
         stage = "train_exp" if entry.experiment else "train"

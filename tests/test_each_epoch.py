@@ -45,4 +45,4 @@ def test_the_command_the_pointer_names_prints_the_cpu_recipe():
         text=True,
         check=True,
     )
-    assert any(line.startswith("dvc exp run -n cpu-study -S ") for line in p.stdout.splitlines())
+    assert any(line.strip().startswith("dvc exp run -n cpu-study -S ") for line in p.stdout.splitlines())

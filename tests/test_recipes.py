@@ -49,7 +49,9 @@ def test_the_readme_quotes_the_times_table_and_has_the_section_pointed_at():
 def test_the_train_stages_pointer_names_a_section_that_exists(capsys):
     from stages.each_epoch import EachEpoch
 
-    r = EachEpoch([], None, None, None, epochs=150, steps=351, queued=7, on_gpu=False)
+    r = EachEpoch(
+        history=[], live=None, ckpt_dir=None, probe_x=None, epochs=150, steps=351, queued=7, on_gpu=False
+    )
     r.first_epoch, r.step_seconds = 0, 0.6
     r.say_expected_time()
     out = capsys.readouterr().out

@@ -159,6 +159,8 @@ RERUNS = {
     "figures": {"report"},
     "tables": {"report"},
     "recipes": set(),
+    "parallel": set(),  # drives dvc; no stage runs it
+    "plan": set(),
     "__init__": set(),  # every stage runs it, yet it only quiets TensorFlow's start-up lines
 }
 
