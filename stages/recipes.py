@@ -59,7 +59,13 @@ TIMES = [
         "6 of 9 models in 57 min (24 min CPU) at load 15-21, then stopped; docs/times/quick-look-avx2.txt",
     ),
     ("cpu-study", "AMX (Intel Xeon), bf16", "2 h 05 min", "shared cores; docs/results/cifar10-cpu/RUN.md"),
-    ("cpu-study", "AVX-512 BF16 or AVX2", "not measured", "the train stage prints its estimate"),
+    (
+        "cpu-study",
+        "AVX2 only (AMD EPYC), float32",
+        "3 h 40 min, estimated",
+        "idle seconds per epoch of each variant x 10 epochs x 2 seeds; docs/benchmarks.md",
+    ),
+    ("cpu-study", "AVX-512 BF16 (no AMX)", "not measured", "the train stage prints its estimate"),
     (
         "gpu-size",
         "any CPU",
