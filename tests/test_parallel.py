@@ -42,11 +42,12 @@ def trained(output):
 
 
 def made(output):
-    """The models a command's output says were trained or restored: a model the experiment and a grid entry
-    share (at these params the experiment's is cifar10-relu-False-0) is trained once and copied for the other
-    ("restored models/....keras from checkpoints/finished/...")."""
-    restored = re.findall(r"^(?:\S+: )?restored (models/\S+\.keras) from ", output, re.MULTILINE)
-    return trained(output) | set(restored)
+    """The models a command's output says were saved (trained, or resumed from a checkpoint, possibly with no
+    epoch left to train) or restored: a model the experiment and a grid entry share (at these params the
+    experiment's is cifar10-relu-False-0) is trained once and copied for the other ("restored models/....keras
+    from checkpoints/finished/...")."""
+    found = re.findall(r"^(?:\S+: )?(?:saved|restored) (models/\S+\.keras) ", output, re.MULTILINE)
+    return trained(output) | set(found)
 
 
 def locked(repo):
