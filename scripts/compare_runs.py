@@ -5,9 +5,9 @@ precision) land where the reference run says the variant's test error lies?
 
 Prints a Markdown table, one row per variant of NEW: its test error (mean over its seeds), the reference's
 model of the same seed, the reference's mean and 95 % interval (t over its seeds), and whether NEW lies
-inside.
-Both folders are laid out as `python -m stages.report FOLDER` reads them (metrics/summary.json,
-metrics/grid/<key>.json).
+inside. NEW needs only its models' metrics (metrics/grid/<key>.json: a rerun stopped before its whole grid
+is compared as far as it went); REFERENCE its report too (metrics/summary.json), as scripts/publish_run.py
+lays a run out.
 """
 
 import json
@@ -33,18 +33,23 @@ def seed_errors(folder, dataset):
 
 
 def table(new, ref, dataset):
-    a, b = read(Path(new, "metrics/summary.json"))[dataset], read(Path(ref, "metrics/summary.json"))[dataset]
-    same_seed = seed_errors(ref, dataset)
+    b = read(Path(ref, "metrics/summary.json"))[dataset]
+    same_seed, mine = seed_errors(ref, dataset), seed_errors(new, dataset)
+    if not mine:
+        sys.exit(f"error: {new}/metrics/grid: no {dataset} model; give a folder scripts/publish_run.py made")
+    means = {
+        n: sum(e for (m, _), e in mine.items() if m == n) / sum(m == n for m, _ in mine) for n, _ in mine
+    }
     lines = [
         f"| variant | {Path(new).name}: test error (seeds) | {Path(ref).name}: same seed | mean "
         f"| 95 % interval | inside? |",
         "|---|---|---:|---:|---|---|",
     ]
-    for name, v in sorted(a["variants"].items(), key=lambda kv: kv[1]["test_error_mean"]):
+    for name, x in sorted(means.items(), key=lambda kv: kv[1]):
         r = b["variants"][name]
-        seeds = sorted(s for (n, s) in seed_errors(new, dataset) if n == name)
+        seeds = sorted(s for (n, s) in mine if n == name)
         twin = [same_seed[name, s] for s in seeds if (name, s) in same_seed]
-        lo, hi, x = r["test_error_ci_low"], r["test_error_ci_high"], v["test_error_mean"]
+        lo, hi = r["test_error_ci_low"], r["test_error_ci_high"]
         inside = "yes" if lo <= x <= hi else f"no ({x - (hi if x > hi else lo):+.3f} outside)"
         lines.append(
             f"| {name} | {x:.4f} ({', '.join(map(str, seeds))}) | "

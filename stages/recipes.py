@@ -62,8 +62,9 @@ TIMES = [
     (
         "cpu-study",
         "AVX2 only (AMD EPYC), float32",
-        "3 h 40 min, estimated",
-        "idle seconds per epoch of each variant x 10 epochs x 2 seeds; docs/benchmarks.md",
+        "4 h 15 min, estimated",
+        "the AMX run's idle 1 h 50 min x 2.3 (prelu+bn's idle epoch here and there); "
+        "docs/results/cifar10-cpu-rerun-avx2/RUN.md",
     ),
     ("cpu-study", "AVX-512 BF16 (no AMX)", "not measured", "the train stage prints its estimate"),
     (

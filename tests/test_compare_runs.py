@@ -23,20 +23,19 @@ def compare(new, ref=REFERENCE):
     return [[c.strip() for c in line.strip("|").split("|")] for line in p.stdout.splitlines()[2:]]
 
 
-def test_a_run_lies_inside_its_own_intervals():
+def test_a_run_lies_inside_its_own_intervals_and_the_rerun_quotes_its_table():
     variants = json.loads((REFERENCE / "metrics/summary.json").read_text())["cifar10"]["variants"]
     rows = compare(REFERENCE)
     assert [r[0] for r in rows] == sorted(variants, key=lambda v: variants[v]["test_error_mean"])
     assert all(r[5] == "yes" and float(r[1].split()[0]) == float(r[3]) for r in rows)
     assert all(len(r[2].split(" / ")) == variants[r[0]]["n"] for r in rows)  # each seed's own model
+    rerun_quotes_its_comparison()
 
 
 def test_a_rerun_outside_the_interval_says_by_how_much(tmp_path):
     ref = json.loads((REFERENCE / "metrics/summary.json").read_text())["cifar10"]["variants"]["relu"]
     high = ref["test_error_ci_high"]
-    (tmp_path / "metrics/grid").mkdir(parents=True)
-    summary = {"cifar10": {"variants": {"relu": {"test_error_mean": high + 0.05}}}}
-    (tmp_path / "metrics/summary.json").write_text(json.dumps(summary))
+    (tmp_path / "metrics/grid").mkdir(parents=True)  # a rerun stopped after its first model: no report
     (tmp_path / "metrics/grid/cifar10-relu-False-0.json").write_text(json.dumps({"test_error": high + 0.05}))
     twin = json.loads((REFERENCE / "metrics/grid/cifar10-relu-False-0.json").read_text())["test_error"]
     assert compare(tmp_path) == [
@@ -51,7 +50,7 @@ def test_a_rerun_outside_the_interval_says_by_how_much(tmp_path):
     ]
 
 
-def test_a_folder_without_a_report_is_one_line(tmp_path):
+def test_a_folder_without_models_is_one_line(tmp_path):
     p = subprocess.run(
         [sys.executable, "scripts/compare_runs.py", str(tmp_path), str(REFERENCE), "cifar10"],
         cwd=ROOT,
@@ -61,4 +60,24 @@ def test_a_folder_without_a_report_is_one_line(tmp_path):
         timeout=60,
     )
     assert p.returncode == 1 and p.stderr.count("\n") == 1
-    assert p.stderr.startswith(f"error: {tmp_path}/metrics/summary.json: unreadable (FileNotFoundError)")
+    assert p.stderr.startswith(f"error: {tmp_path}/metrics/grid: no cifar10 model; ")
+
+
+def rerun_quotes_its_comparison():
+    """docs/results/cifar10-cpu-rerun-avx2/RUN.md holds the table this script prints for it."""
+    rerun = ROOT / "docs/results/cifar10-cpu-rerun-avx2"
+    p = subprocess.run(
+        [
+            sys.executable,
+            "scripts/compare_runs.py",
+            str(rerun.relative_to(ROOT)),
+            "docs/results/cifar10-cpu",
+            "cifar10",
+        ],
+        cwd=ROOT,
+        env=ENV,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert p.returncode == 0 and p.stdout.count("\n") >= 3 and p.stdout in (rerun / "RUN.md").read_text()
