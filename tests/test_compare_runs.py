@@ -10,8 +10,9 @@ from tests.conftest import ENV, ROOT
 REFERENCE = ROOT / "docs/results/cifar10-cpu"
 
 
-def compare(new, ref=REFERENCE):
-    p = subprocess.run(
+def run_script(new, ref=REFERENCE):
+    """scripts/compare_runs.py NEW REF cifar10, run as a user runs it from the project's root."""
+    return subprocess.run(
         [sys.executable, "scripts/compare_runs.py", str(new), str(ref), "cifar10"],
         cwd=ROOT,
         env=ENV,
@@ -19,6 +20,10 @@ def compare(new, ref=REFERENCE):
         text=True,
         timeout=60,
     )
+
+
+def compare(new, ref=REFERENCE):
+    p = run_script(new, ref)
     assert p.returncode == 0, p.stderr
     return [[c.strip() for c in line.strip("|").split("|")] for line in p.stdout.splitlines()[2:]]
 
@@ -51,14 +56,7 @@ def test_a_rerun_outside_the_interval_says_by_how_much(tmp_path):
 
 
 def test_a_folder_without_models_is_one_line(tmp_path):
-    p = subprocess.run(
-        [sys.executable, "scripts/compare_runs.py", str(tmp_path), str(REFERENCE), "cifar10"],
-        cwd=ROOT,
-        env=ENV,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    p = run_script(tmp_path)
     assert p.returncode == 1 and p.stderr.count("\n") == 1
     assert p.stderr.startswith(f"error: {tmp_path}/metrics/grid: no cifar10 model; ")
 
@@ -66,18 +64,5 @@ def test_a_folder_without_models_is_one_line(tmp_path):
 def rerun_quotes_its_comparison():
     """docs/results/cifar10-cpu-rerun-avx2/RUN.md holds the table this script prints for it."""
     rerun = ROOT / "docs/results/cifar10-cpu-rerun-avx2"
-    p = subprocess.run(
-        [
-            sys.executable,
-            "scripts/compare_runs.py",
-            str(rerun.relative_to(ROOT)),
-            "docs/results/cifar10-cpu",
-            "cifar10",
-        ],
-        cwd=ROOT,
-        env=ENV,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    p = run_script(rerun.relative_to(ROOT), "docs/results/cifar10-cpu")
     assert p.returncode == 0 and p.stdout.count("\n") >= 3 and p.stdout in (rerun / "RUN.md").read_text()
