@@ -69,6 +69,16 @@ def git(*args, cwd, check=True):
     return run(["git", *args], cwd, check)
 
 
+def locked_stages(repo):
+    """The stage names dvc.lock records, read while DVC may be writing it: DVC rewrites the file in place,
+    so a poll can find it empty or cut mid-line; either reads as no stage (a later poll sees it whole)."""
+    try:
+        lock = yaml.safe_load(Path(repo, "dvc.lock").read_text())
+    except (FileNotFoundError, yaml.YAMLError):
+        return set()
+    return set(lock.get("stages") or {}) if isinstance(lock, dict) else set()
+
+
 def md5(path):
     return hashlib.md5(Path(path).read_bytes()).hexdigest()
 

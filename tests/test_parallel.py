@@ -19,7 +19,7 @@ import yaml
 from stages.parallel import select_jobs, set_params, visible_gpus, worker_env
 from stages.params import load
 from tests.archives import make_dataset, python_members, write_archive
-from tests.conftest import BACKEND_ENV, ENV, ROOT, dvc, git, make_project, run
+from tests.conftest import BACKEND_ENV, ENV, ROOT, dvc, git, locked_stages, make_project, run
 
 RUNNER = [sys.executable, "-m", "stages.parallel"]
 # 4 entries and the experiment's own model, one epoch each
@@ -48,11 +48,6 @@ def made(output):
     from checkpoints/finished/...")."""
     found = re.findall(r"^(?:\S+: )?(?:saved|restored) (models/\S+\.keras) ", output, re.MULTILINE)
     return trained(output) | set(found)
-
-
-def locked(repo):
-    path = Path(repo, "dvc.lock")
-    return set(yaml.safe_load(path.read_text())["stages"]) if path.exists() else set()
 
 
 def metrics(repo):
@@ -152,7 +147,7 @@ def test_one_command_trains_the_grid_two_at_a_time_through_dvc(parallel):
     # two trained at once: one started before another had saved its model
     assert any(first[a] < first[b] < saved[a] for a in KEYS for b in KEYS if a != b), out[-3000:]
     want = {f"{s}@{k}" for s in ("train", "evaluate") for k in KEYS} | {"train_exp", "evaluate_exp", "report"}
-    assert want <= locked(repo)
+    assert want <= locked_stages(repo)
     assert (repo / "reports/report.md").is_file() and "done: 5 entries" in out
     again = dvc("repro", cwd=repo).stdout
     assert (
@@ -205,19 +200,22 @@ def test_sigterm_leaves_no_process_and_dvc_repro_trains_only_the_unfinished(tmp_
     with open(log, "w") as f:
         p = subprocess.Popen([*RUNNER, "-j", "2"], cwd=repo, env=ENV, stdout=f, stderr=subprocess.STDOUT)
     end = time.time() + 250
-    while not any(s.startswith("train@") for s in locked(repo)) and time.time() < end and p.poll() is None:
-        time.sleep(0.5)  # until the first entry is recorded: the others are training or waiting
+    # until the first entry is recorded: the others are training or waiting
+    while not any(s.startswith("train@") for s in locked_stages(repo)) and time.time() < end:
+        if p.poll() is not None:
+            break
+        time.sleep(0.5)
     assert p.poll() is None, log.read_text()[-3000:]
     p.send_signal(signal.SIGTERM)
     p.wait(timeout=60)
     assert p.returncode == -signal.SIGTERM, log.read_text()[-3000:]
     assert gone_within(10, repo), [q.cmdline() for q in processes_in(repo)]
-    finished = {s.split("@")[1] for s in locked(repo) if s.startswith("train@")}
+    finished = {s.split("@")[1] for s in locked_stages(repo) if s.startswith("train@")}
     assert 1 <= len(finished) < 4
     out = dvc("repro", cwd=repo).stdout
     unfinished = {f"models/grid/{k}.keras" for k in KEYS if k not in finished} | {"models/experiment.keras"}
     assert made(out) == unfinished, out[-3000:]  # the finished are kept; the rest resume or start
-    assert {f"train@{k}" for k in KEYS} <= locked(repo) and (repo / "reports/report.md").is_file()
+    assert {f"train@{k}" for k in KEYS} <= locked_stages(repo) and (repo / "reports/report.md").is_file()
 
 
 @pytest.mark.e2e

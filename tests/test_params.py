@@ -14,7 +14,7 @@ import pytest
 import yaml
 
 from stages.params import UserError, load, validate
-from tests.conftest import ENV, ROOT, TINY, dvc, make_project, merge, run_stage, set_params
+from tests.conftest import ENV, ROOT, TINY, dvc, locked_stages, make_project, merge, run_stage, set_params
 
 BASE = merge(yaml.safe_load((ROOT / "params.yaml").read_text()), copy.deepcopy(TINY))
 SHELL = [
@@ -603,9 +603,8 @@ def test_two_dvc_exp_runs_at_once_never_train_a_mix(project):
         stderr=subprocess.STDOUT,
         text=True,
     )
-    lock = project / "dvc.lock"
     for _ in range(600):  # until the first run's check is recorded
-        if lock.is_file() and "check" in (yaml.safe_load(lock.read_text()) or {}).get("stages", {}):
+        if "check" in locked_stages(project):
             break
         subprocess.run(["sleep", "0.2"])
     second = dvc("exp", "run", "-S", "train.epochs=5", cwd=project, check=False)
