@@ -4,7 +4,8 @@ once had two: `__main__.UserError` and `stages.params.UserError`, and a 15-line 
 
 - A UserError is one line on stderr, `error: <file or parameter>: <problem>; <fix>`, and exit status 2.
 - SIGTERM (a scheduler, a killed `dvc repro`) and Ctrl-C unwind the stage, so every `finally` runs (atomic
-  writes remove their temporaries); the process then ends by the same signal, so its caller sees it killed.
+  writes remove their temporaries); the process then ends by the same signal, so its caller sees it killed,
+  even when a library turned the signal's exception into its own (TensorFlow's nest: a TypeError).
   Ctrl-C prints one line (what a stage registered with `on_interrupt`, e.g. the last finished epoch).
 - Should the unwinding not happen within GRACE seconds, a watcher thread, woken by the signal itself, removes
   the temporaries and ends the process. Needed: Keras' pythonify_logs turns each log value into a float
@@ -35,6 +36,7 @@ GRACE = 3.0  # seconds a signalled stage has to unwind before the watcher ends i
 TEMPORARIES = set()  # live temporary outputs (stages.outputs), removed by the watcher if it ends the process
 _NOTE = [lambda: ""]  # what a Ctrl-C line adds after "interrupted"
 _STDERR = [2]  # the file descriptor of the real stderr (_without_native_noise puts a filter on fd 2)
+_SIGNALLED = []  # the signal the stage was given, if any: what it then ends by, whatever exception unwinds it
 PR_SET_PDEATHSIG = 1
 SHELLS = {"sh", "dash", "bash", "zsh", "fish", "ksh", "mksh"}
 
@@ -84,6 +86,7 @@ def _interrupted_line():
 
 def _raise_in_main_thread(signum, frame):
     signal.signal(signum, signal.SIG_IGN)  # a second signal must not cut the clean-up short
+    _SIGNALLED.append(signum)
     raise _Terminated if signum == signal.SIGTERM else KeyboardInterrupt
 
 
@@ -178,6 +181,8 @@ def cli(main, watch=True):
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
     except Exception as e:
+        if _SIGNALLED:  # the signal's exception, raised inside a library that wrapped it (TensorFlow's nest:
+            _end_by_signal(_SIGNALLED[0])  # a TypeError): still the signal, no traceback
         if (full := _disk_full(e)) is None:
             raise
         print(
@@ -187,10 +192,16 @@ def cli(main, watch=True):
         )
         sys.exit(1)
     except KeyboardInterrupt:
-        print(_interrupted_line(), file=sys.stderr)
-        _end_by(signal.SIGINT)
+        _end_by_signal(signal.SIGINT)
     except _Terminated:
-        _end_by(signal.SIGTERM)
+        _end_by_signal(signal.SIGTERM)
+
+
+def _end_by_signal(signum):
+    """After the stage unwound from a signal: Ctrl-C's one line, then the process ends by the signal."""
+    if signum == signal.SIGINT:
+        print(_interrupted_line(), file=sys.stderr)
+    _end_by(signum)
 
 
 # TensorFlow's and XLA's C++ start-up lines (absl format `I0000 00:00:… file.cc:N] …`), and the cuInit error

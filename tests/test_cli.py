@@ -122,6 +122,45 @@ def test_a_signal_ends_the_train_stage_on_both_backends(trainable, moment, sig):
         assert Path(repo, f"checkpoints/grid/{KEY}/epoch-{int(m[1]):04d}/history.json").is_file()
 
 
+WRAPPING_STAGE = """
+import os, signal, sys
+from stages.cli import cli
+
+def library_call():
+    # as TensorFlow's C++ nest.flatten does with an exception raised in a Python callback: its own TypeError
+    try:
+        os.kill(os.getpid(), int(sys.argv[1]))
+        while True:
+            pass
+    except BaseException as e:
+        raise TypeError("the library's own error") from e
+
+def main():
+    try:
+        library_call()
+    finally:
+        print("unwound", flush=True)
+
+cli(main)
+"""
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_a_signal_a_library_wraps_in_its_own_exception_still_ends_the_stage_by_the_signal(sig):
+    """Was (CI, SIGTERM right after `training models/...` under TensorFlow): exit 1 and a traceback ending in
+    TensorFlow's `_pywrap_utils.Flatten` TypeError, the signal's exception wrapped in TensorFlow's."""
+    p = subprocess.run(
+        [sys.executable, "-c", WRAPPING_STAGE, str(int(sig))],
+        cwd=ROOT,
+        env={**ENV, "PYTHONPATH": str(ROOT)},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert p.returncode == -sig and p.stdout == "unwound\n", (p.returncode, p.stdout, p.stderr)
+    assert p.stderr == ("interrupted\n" if sig == signal.SIGINT else ""), p.stderr
+
+
 # --- stages die with the dvc that started them --------------------------------------------------------------
 
 
