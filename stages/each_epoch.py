@@ -18,7 +18,7 @@ CPU_PATIENCE = 4 * 3600  # seconds: a grid expected to take longer on a CPU gets
 # the pointer names the recipe rather than spelling its command: training does not import stages/recipes.py,
 # so that a new recipe retrains nothing
 CPU_POINTER = (
-    "note: these are GPU-sized params; on a CPU, the recipe cpu-study ranks the variants in 2-4 h on 2 "
+    "note: these are GPU-sized params; on a CPU, the recipe cpu-study ranks the variants in 2-6 h on 2 "
     "cores, AMX to AVX2 (README, 'Sizes and times'); `python -m stages.recipes` prints its command"
 )
 

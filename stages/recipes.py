@@ -62,9 +62,9 @@ TIMES = [
     (
         "cpu-study",
         "AVX2 only (AMD EPYC), float32",
-        "4 h 15 min, estimated",
-        "the AMX run's idle 1 h 50 min x 2.3 (prelu+bn's idle epoch here and there); "
-        "docs/results/cifar10-cpu-rerun-avx2/RUN.md",
+        "6 h 15 min, estimated",
+        "2 seeds x 10 epochs of the idle epochs measured here: elu 121 s, elu+bn 143 s, prelu+bn 168 s, "
+        "prelu ~160 s (relu, lrelu as elu; their +bn as elu+bn); docs/results/cifar10-cpu-rerun-avx2/RUN.md",
     ),
     ("cpu-study", "AVX-512 BF16 (no AMX)", "not measured", "the train stage prints its estimate"),
     (
