@@ -11,6 +11,7 @@ lays a run out.
 """
 
 import json
+import statistics
 import sys
 from pathlib import Path
 
@@ -37,9 +38,7 @@ def table(new, ref, dataset):
     same_seed, mine = seed_errors(ref, dataset), seed_errors(new, dataset)
     if not mine:
         sys.exit(f"error: {new}/metrics/grid: no {dataset} model; give a folder scripts/publish_run.py made")
-    means = {
-        n: sum(e for (m, _), e in mine.items() if m == n) / sum(m == n for m, _ in mine) for n, _ in mine
-    }
+    means = {n: statistics.fmean(e for (m, _), e in mine.items() if m == n) for n, _ in mine}
     lines = [
         f"| variant | {Path(new).name}: test error (seeds) | {Path(ref).name}: same seed | mean "
         f"| 95 % interval | inside? |",
